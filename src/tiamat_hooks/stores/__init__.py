@@ -1,0 +1,75 @@
+"""Memory stores behind one contract (:class:`MemoryStore`) and :func:`open_store` to pick one.
+
+Backends with optional dependencies import lazily, so ``import tiamat_hooks`` never imports a
+Postgres driver or a server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ConfigError
+from .base import DEFAULT_SEARCH_KINDS, MemoryStore
+from .sqlite import SQLiteMemoryStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = ["DEFAULT_SEARCH_KINDS", "MemoryStore", "SQLiteMemoryStore", "default_store_url", "open_store"]
+
+ENV_VAR = "TIAMAT_HOOKS_DB"
+
+
+def default_store_url() -> str:
+    """``$TIAMAT_HOOKS_DB`` if set, else a SQLite file in the user's data directory."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    import platformdirs
+
+    return "sqlite:///" + str(Path(platformdirs.user_data_dir("tiamat-hooks")) / "memory.db")
+
+
+def open_store(url: str | Path | None = None, **options: Any) -> MemoryStore:
+    """Build a store from a URL. No I/O happens until the store is first used.
+
+    * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:``
+      or a plain file path: :class:`SQLiteMemoryStore`.
+    * ``postgresql://...`` / ``postgres://...``: ``PostgresMemoryStore`` (extra ``postgres``).
+    * ``http://...`` / ``https://...``: ``TiamatCloudStore`` (the TIAMAT memory API).
+    * ``None``: :func:`default_store_url`.
+
+    Raises:
+        ConfigError: the URL has an unknown scheme or is malformed.
+    """
+    if url is None:
+        url = default_store_url()
+    if isinstance(url, Path):
+        return SQLiteMemoryStore(url, **options)
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("store URL must be a non-empty string")
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("", "file"):
+        path = url[len("file://") :] if scheme == "file" else url
+        return SQLiteMemoryStore(unquote(path) or ":memory:", **options)
+    if scheme == "sqlite":
+        rest = url.split("://", 1)[1]
+        if rest in ("", ":memory:", "/:memory:"):
+            return SQLiteMemoryStore(":memory:", **options)
+        # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
+        path = rest[1:] if rest.startswith("/") else rest
+        return SQLiteMemoryStore(unquote(path), **options)
+    if scheme in ("postgres", "postgresql"):
+        from .postgres import PostgresMemoryStore
+
+        return PostgresMemoryStore.from_url(url, **options)
+    if scheme in ("http", "https"):
+        from .cloud import TiamatCloudStore
+
+        return TiamatCloudStore.from_url(url, **options)
+    raise ConfigError(
+        f"unknown store URL scheme {scheme!r}: use sqlite:///path.db, postgresql://... or https://..."
+    )

@@ -1,0 +1,551 @@
+"""The embedded default store: one SQLite file, FTS5 with BM25 ranking, no server, no key.
+
+Layout: ``records`` holds every record; ``units`` is an FTS5 index of searchable units (a whole
+record, or sentence windows of a long one; see :func:`tiamat_hooks.text.index_units`). A unit's
+rowid is ``record_rowid * UNITS_PER_RECORD + i``, so a record's units are one rowid range.
+Each unit also carries scope tokens (hashed user, agent, session, kind) in an FTS column so that
+the full-text index itself narrows a search to one user instead of filtering afterwards.
+
+Concurrency: WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for writes, so several
+processes can share one file and sequence numbers stay gap-free. All SQLite calls run on one
+worker thread per store object; the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import (
+    InvalidInputError,
+    StoreConflictError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+from ..models import (
+    MemoryRecord,
+    RecordKind,
+    Scope,
+    SearchHit,
+    SessionInfo,
+    StoreCapabilities,
+    StoreStats,
+)
+from ..text import index_units, query_terms
+from .base import DEFAULT_SEARCH_KINDS
+
+__all__ = ["SQLiteMemoryStore"]
+
+_T = TypeVar("_T")
+
+UNITS_PER_RECORD = 4096
+"""Upper bound on index units of one record (the rest of a huge text joins the last unit)."""
+
+# Append-only: the index of a script is the schema version it produces (user_version = index+1).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE records (
+        rowid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        agent_id TEXT,
+        session_id TEXT NOT NULL,          -- '' when the record has no session
+        kind TEXT NOT NULL,
+        role TEXT,
+        text TEXT NOT NULL,
+        item TEXT,
+        created_us INTEGER NOT NULL,       -- microseconds since the epoch, UTC
+        seq INTEGER,
+        key TEXT NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE UNIQUE INDEX records_key ON records(user_id, key);
+    CREATE INDEX records_session ON records(user_id, session_id, seq);
+    CREATE UNIQUE INDEX records_turn_seq ON records(user_id, session_id, seq) WHERE kind = 'turn';
+    CREATE VIRTUAL TABLE units USING fts5(
+        scope, body, context, span UNINDEXED,
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    """,
+)
+
+_BM25 = "bm25(units, 0.0, 1.0, 0.6)"  # scope tokens weigh nothing; context a little less.
+
+
+def _tok(prefix: str, value: str) -> str:
+    return prefix + hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _scope_tokens(user_id: str, agent_id: str | None, session_id: str, kind: str) -> str:
+    parts = [_tok("u", user_id), "k" + kind]
+    if agent_id is not None:
+        parts.append(_tok("a", user_id + "\x1f" + agent_id))
+    parts.append(_tok("s", user_id + "\x1f" + session_id))
+    return " ".join(parts)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _to_us(dt: datetime) -> int:
+    delta = dt.astimezone(timezone.utc) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_COLUMNS = "rowid, id, user_id, agent_id, session_id, kind, role, text, item, created_us, seq, key, meta"
+
+
+def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
+    return MemoryRecord.model_construct(
+        id=row[1],
+        user_id=row[2],
+        agent_id=row[3],
+        session_id=row[4] or None,
+        kind=row[5],
+        role=row[6],
+        text=row[7],
+        item=json.loads(row[8]) if row[8] is not None else None,
+        created_at=_from_us(row[9]),
+        seq=row[10],
+        key=row[11],
+        meta=json.loads(row[12]),
+    )
+
+
+def _map_error(exc: sqlite3.Error) -> StoreError:
+    msg = str(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in msg or "busy" in msg:
+            return StoreTimeoutError(f"SQLite busy: {msg}")
+        return StoreUnavailableError(f"SQLite: {msg}")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StoreConflictError(f"SQLite integrity: {msg}")
+    return StoreError(f"SQLite: {msg}")
+
+
+class SQLiteMemoryStore:
+    """The embedded store. ``SQLiteMemoryStore("memory.db")`` or ``open_store("sqlite:///memory.db")``.
+
+    Args:
+        path: database file, created with its parent directories on first use; ``":memory:"``
+            for a private in-memory database.
+        busy_timeout: seconds a writer waits for another process's lock before failing with
+            :class:`~tiamat_hooks.errors.StoreTimeoutError`.
+
+    No I/O happens in the constructor; the file is opened on first use.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiamat-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._open_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteMemoryStore(path={self.path!r})"
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        return StoreCapabilities(can_delete=True, max_search_limit=1000, neighbors=True)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._open_lock:
+            if self._closed:
+                raise StoreUnavailableError("store is closed")
+            if self._conn is None:
+                if self.path != ":memory:":
+                    Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,  # explicit transactions only
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                if self.path != ":memory:":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(conn)
+                self._conn = conn
+            return self._conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for index in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {index + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreUnavailableError("store is closed")
+
+        def call() -> _T:
+            try:
+                return fn(self._connect())
+            except sqlite3.Error as exc:
+                raise _map_error(exc) from exc
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+
+        def shut() -> None:
+            with self._open_lock:
+                self._closed = True
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def add(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        batch = list(records)
+        for r in batch:
+            if not isinstance(r, MemoryRecord):
+                raise InvalidInputError(f"add() takes MemoryRecord objects, got {type(r).__name__}")
+        if not batch:
+            return []
+        return await self._run(lambda conn: self._add_sync(conn, batch))
+
+    @staticmethod
+    def _add_sync(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryRecord]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = _insert(conn, batch)
+            conn.execute("COMMIT")
+            return out
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def delete(self, scope: Scope, *, ids: Sequence[str] | None = None) -> int:
+        where, params = _scope_where(scope)
+        if ids is not None:
+            id_list = list(ids)
+            if not id_list:
+                return 0
+            where += f" AND id IN ({','.join('?' * len(id_list))})"
+            params.extend(id_list)
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM records WHERE {where}", params)]
+                for rowid in rowids:
+                    conn.execute(
+                        "DELETE FROM units WHERE rowid BETWEEN ? AND ?",
+                        (rowid * UNITS_PER_RECORD, rowid * UNITS_PER_RECORD + UNITS_PER_RECORD - 1),
+                    )
+                conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
+                conn.execute("COMMIT")
+                return len(rowids)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        return await self._run(run)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        scope: Scope,
+        *,
+        kinds: Sequence[RecordKind] = DEFAULT_SEARCH_KINDS,
+        limit: int = 50,
+    ) -> list[SearchHit]:
+        terms = query_terms(query) if isinstance(query, str) else []
+        kinds = list(kinds)
+        limit = max(0, min(int(limit), self.capabilities.max_search_limit))
+        if not terms or not kinds or limit == 0:
+            return []
+        scope_q = [_tok("u", scope.user_id)]
+        if scope.agent_id is not None:
+            scope_q.append(_tok("a", scope.user_id + "\x1f" + scope.agent_id))
+        if scope.session_id is not None:
+            scope_q.append(_tok("s", scope.user_id + "\x1f" + scope.session_id))
+        # Every term is letters/digits only (query_terms guarantees it) and double-quoted, so no
+        # user text is ever parsed as FTS5 syntax.
+        words = " OR ".join(f'"{t}"' for t in terms)
+        kind_q = " OR ".join(f'"k{k}"' for k in kinds)
+        match = (
+            "scope : (" + " AND ".join(f'"{t}"' for t in scope_q) + f") AND scope : ({kind_q})"
+            f" AND {{body context}} : ({words})"
+        )
+        sql = (
+            f"SELECT u.rowid, u.span, {_BM25} AS score FROM units u WHERE units MATCH ? "
+            "ORDER BY score LIMIT ?"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[SearchHit]:
+            # Over-fetch units: several units of one record collapse into one hit.
+            rows = conn.execute(sql, (match, limit * 3)).fetchall()
+            best: dict[int, tuple[float, str | None]] = {}
+            for unit_rowid, span, score in rows:
+                rec_rowid = unit_rowid // UNITS_PER_RECORD
+                if rec_rowid not in best:
+                    best[rec_rowid] = (-score, span)
+                if len(best) >= limit:
+                    break
+            if not best:
+                return []
+            recs = _fetch_by_rowid(conn, list(best))
+            hits = []
+            for rowid, (score, span) in best.items():
+                rec = recs.get(rowid)
+                if rec is None:
+                    continue
+                parsed = _parse_span(span, len(rec.text))
+                hits.append(SearchHit(rec, score, parsed))
+            hits.sort(key=lambda h: -h.score)
+            return hits
+
+        return await self._run(run)
+
+    async def read(
+        self,
+        scope: Scope,
+        *,
+        kinds: Sequence[RecordKind] | None = None,
+        seq_from: int | None = None,
+        seq_to: int | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[MemoryRecord]:
+        where, params = _scope_where(scope)
+        if kinds is not None:
+            kind_list = list(kinds)
+            if not kind_list:
+                return []
+            where += f" AND kind IN ({','.join('?' * len(kind_list))})"
+            params.extend(kind_list)
+        if seq_from is not None:
+            where += " AND seq >= ?"
+            params.append(seq_from)
+        if seq_to is not None:
+            where += " AND seq <= ?"
+            params.append(seq_to)
+        direction = "DESC" if newest else "ASC"
+        # Records without seq (summaries, facts) sort after turns by time within a session.
+        order = (
+            f"session_id {direction}, seq IS NULL {direction}, seq {direction}, "
+            f"created_us {direction}, rowid {direction}"
+        )
+        sql = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+
+        def run(conn: sqlite3.Connection) -> list[MemoryRecord]:
+            out = [_row_to_record(r) for r in conn.execute(sql, params)]
+            if newest:
+                out.reverse()
+            return out
+
+        return await self._run(run)
+
+    async def list_sessions(self, user_id: str) -> list[SessionInfo]:
+        Scope(user_id)
+        sql = (
+            "SELECT session_id, COUNT(*), MIN(created_us), MAX(created_us), COALESCE(MAX(seq), 0) "
+            "FROM records WHERE user_id = ? GROUP BY session_id ORDER BY MIN(created_us)"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[SessionInfo]:
+            return [
+                SessionInfo(user_id, sid or None, n, _from_us(lo), _from_us(hi), last)
+                for sid, n, lo, hi, last in conn.execute(sql, (user_id,))
+            ]
+
+        return await self._run(run)
+
+    async def list_users(self) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute("SELECT DISTINCT user_id FROM records ORDER BY 1")]
+
+        return await self._run(run)
+
+    async def stats(self, user_id: str | None = None) -> StoreStats:
+        where, params = ("user_id = ?", [user_id]) if user_id is not None else ("1", [])
+
+        def run(conn: sqlite3.Connection) -> StoreStats:
+            users, sessions = conn.execute(
+                f"SELECT COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || char(31) || session_id) "
+                f"FROM records WHERE {where}",
+                params,
+            ).fetchone()
+            by_kind = dict(
+                conn.execute(
+                    f"SELECT kind, COUNT(*) FROM records WHERE {where} GROUP BY kind", params
+                ).fetchall()
+            )
+            return StoreStats(users, sessions, sum(by_kind.values()), by_kind)
+
+        return await self._run(run)
+
+    async def integrity_check(self) -> list[str]:
+        """Run SQLite's integrity check and FTS5's; returns problems found (empty when sound)."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            problems = [r[0] for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            try:
+                conn.execute("INSERT INTO units(units) VALUES ('integrity-check')")
+            except sqlite3.DatabaseError as exc:
+                problems.append(f"fts: {exc}")
+            return problems
+
+        return await self._run(run)
+
+
+# -- helpers (run on the worker thread) ---------------------------------------------------------
+
+
+def _scope_where(scope: Scope) -> tuple[str, list[Any]]:
+    where = "user_id = ?"
+    params: list[Any] = [scope.user_id]
+    if scope.agent_id is not None:
+        where += " AND agent_id = ?"
+        params.append(scope.agent_id)
+    if scope.session_id is not None:
+        where += " AND session_id = ?"
+        params.append(scope.session_id)
+    return where, params
+
+
+def _parse_span(span: str | None, length: int) -> tuple[int, int] | None:
+    if not span:
+        return None
+    s, e = (int(x) for x in span.split(":"))
+    if s == 0 and e >= length:
+        return None
+    return (s, e)
+
+
+def _fetch_by_rowid(conn: sqlite3.Connection, rowids: Iterable[int]) -> dict[int, MemoryRecord]:
+    ids = list(rowids)
+    out: dict[int, MemoryRecord] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        q = f"SELECT {_COLUMNS} FROM records WHERE rowid IN ({','.join('?' * len(chunk))})"
+        for row in conn.execute(q, chunk):
+            out[row[0]] = _row_to_record(row)
+    return out
+
+
+def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryRecord]:
+    # 1. Idempotency: records whose (user, key) is stored already are returned as stored.
+    existing: dict[tuple[str, str], MemoryRecord] = {}
+    by_user: dict[str, list[str]] = {}
+    for r in batch:
+        by_user.setdefault(r.user_id, []).append(r.key)
+    for user, keys in by_user.items():
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT {_COLUMNS} FROM records WHERE user_id = ? AND key IN ({','.join('?' * len(chunk))})"
+            for row in conn.execute(q, [user, *chunk]):
+                existing[(user, row[11])] = _row_to_record(row)
+
+    # 2. Sequence numbers and the previous turn of each session (indexed as context).
+    next_seq: dict[tuple[str, str], int] = {}
+    prev_text: dict[tuple[str, str], str | None] = {}
+    out: list[MemoryRecord] = []
+    for r in batch:
+        k = (r.user_id, r.key)
+        if k in existing:
+            out.append(existing[k])
+            continue
+        sess = (r.user_id, r.session_id or "")
+        if r.kind == "turn" and sess not in next_seq:
+            row = conn.execute(
+                "SELECT seq, text FROM records WHERE user_id = ? AND session_id = ? AND kind = 'turn' "
+                "ORDER BY seq DESC LIMIT 1",
+                sess,
+            ).fetchone()
+            next_seq[sess] = (row[0] + 1) if row else 1
+            prev_text[sess] = row[1] if row else None
+        rec = r
+        if r.kind == "turn":
+            if r.seq is None:
+                rec = r.model_copy(update={"seq": next_seq[sess]})
+            next_seq[sess] = max(next_seq[sess], (rec.seq or 0) + 1)
+        try:
+            cur = conn.execute(
+                "INSERT INTO records (id, user_id, agent_id, session_id, kind, role, text, item, "
+                "created_us, seq, key, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    rec.id,
+                    rec.user_id,
+                    rec.agent_id,
+                    rec.session_id or "",
+                    rec.kind,
+                    rec.role,
+                    rec.text,
+                    json.dumps(rec.item, ensure_ascii=False) if rec.item is not None else None,
+                    _to_us(rec.created_at),
+                    rec.seq,
+                    rec.key,
+                    json.dumps(rec.meta, ensure_ascii=False),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflictError(
+                f"record {rec.id!r} conflicts with a stored record (duplicate id or turn seq "
+                f"{rec.seq} in session {rec.session_id!r})"
+            ) from exc
+        rowid = cur.lastrowid
+        assert rowid is not None
+        context = prev_text.get(sess) if rec.kind == "turn" else None
+        scope_tokens = _scope_tokens(rec.user_id, rec.agent_id, rec.session_id or "", rec.kind)
+        units = list(index_units(rec.text, context))
+        if len(units) > UNITS_PER_RECORD:
+            last = units[UNITS_PER_RECORD - 1]
+            units = units[: UNITS_PER_RECORD - 1] + [
+                type(last)(last.start, len(rec.text), rec.text[last.start :], "")
+            ]
+        conn.executemany(
+            "INSERT INTO units (rowid, scope, body, context, span) VALUES (?,?,?,?,?)",
+            [
+                (rowid * UNITS_PER_RECORD + i, scope_tokens, u.body, u.context, f"{u.start}:{u.end}")
+                for i, u in enumerate(units)
+            ],
+        )
+        if rec.kind == "turn":
+            prev_text[sess] = rec.text
+        existing[k] = rec
+        out.append(rec)
+    return out
