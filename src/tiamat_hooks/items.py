@@ -27,7 +27,8 @@ def to_jsonable(item: Any) -> dict[str, Any]:
         dumped = item.model_dump(exclude_unset=True, mode="json")
         return dict(dumped) if isinstance(dumped, Mapping) else {"value": dumped}
     if isinstance(item, Mapping):
-        return json.loads(json.dumps(dict(item), default=str))
+        plain: dict[str, Any] = json.loads(json.dumps(dict(item), default=str))
+        return plain
     return {"type": "unknown", "value": json.loads(json.dumps(item, default=str))}
 
 
@@ -46,7 +47,7 @@ def _content_text(content: Any) -> str:
                 else:
                     kind = part.get("type")
                     if isinstance(kind, str) and kind.startswith("input_"):
-                        parts.append(f"[{kind[len('input_'):]}]")
+                        parts.append(f"[{kind[len('input_') :]}]")
             elif isinstance(part, str):
                 parts.append(part)
         return "\n".join(parts)

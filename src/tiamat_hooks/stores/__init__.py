@@ -18,7 +18,13 @@ from .sqlite import SQLiteMemoryStore
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
-__all__ = ["DEFAULT_SEARCH_KINDS", "MemoryStore", "SQLiteMemoryStore", "default_store_url", "open_store"]
+__all__ = [
+    "DEFAULT_SEARCH_KINDS",
+    "MemoryStore",
+    "SQLiteMemoryStore",
+    "default_store_url",
+    "open_store",
+]
 
 ENV_VAR = "TIAMAT_HOOKS_DB"
 

@@ -105,7 +105,9 @@ def _from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-_COLUMNS = "rowid, id, user_id, agent_id, session_id, kind, role, text, item, created_us, seq, key, meta"
+_COLUMNS = (
+    "rowid, id, user_id, agent_id, session_id, kind, role, text, item, created_us, seq, key, meta"
+)
 
 
 def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
@@ -264,7 +266,9 @@ class SQLiteMemoryStore:
         def run(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM records WHERE {where}", params)]
+                rowids = [
+                    r[0] for r in conn.execute(f"SELECT rowid FROM records WHERE {where}", params)
+                ]
                 for rowid in rowids:
                     conn.execute(
                         "DELETE FROM units WHERE rowid BETWEEN ? AND ?",
@@ -379,6 +383,31 @@ class SQLiteMemoryStore:
 
         return await self._run(run)
 
+    async def read_around(
+        self, scope: Scope, refs: Sequence[tuple[str | None, int]], *, radius: int = 1
+    ) -> list[MemoryRecord]:
+        """Turns within ``radius`` of each ``(session_id, seq)`` in one call (optional capability).
+
+        Recall uses this to pull in the turns next to its hits without one round trip per hit.
+        Results are unique, in ``(session_id, seq)`` order, and limited to ``scope``.
+        """
+        pairs = list(dict.fromkeys(refs))
+        if not pairs:
+            return []
+        base, params = _scope_where(Scope(scope.user_id, agent_id=scope.agent_id))
+        ranges = " OR ".join("(session_id = ? AND seq BETWEEN ? AND ?)" for _ in pairs)
+        for sid, seq in pairs:
+            params.extend([sid or "", seq - radius, seq + radius])
+        sql = (
+            f"SELECT {_COLUMNS} FROM records WHERE {base} AND kind = 'turn' AND ({ranges}) "
+            "ORDER BY session_id, seq"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[MemoryRecord]:
+            return [_row_to_record(r) for r in conn.execute(sql, params)]
+
+        return await self._run(run)
+
     async def list_sessions(self, user_id: str) -> list[SessionInfo]:
         Scope(user_id)
         sql = (
@@ -405,8 +434,8 @@ class SQLiteMemoryStore:
 
         def run(conn: sqlite3.Connection) -> StoreStats:
             users, sessions = conn.execute(
-                f"SELECT COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || char(31) || session_id) "
-                f"FROM records WHERE {where}",
+                "SELECT COUNT(DISTINCT user_id), "
+                f"COUNT(DISTINCT user_id || char(31) || session_id) FROM records WHERE {where}",
                 params,
             ).fetchone()
             by_kind = dict(
@@ -476,7 +505,8 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
     for user, keys in by_user.items():
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            q = f"SELECT {_COLUMNS} FROM records WHERE user_id = ? AND key IN ({','.join('?' * len(chunk))})"
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT {_COLUMNS} FROM records WHERE user_id = ? AND key IN ({marks})"
             for row in conn.execute(q, [user, *chunk]):
                 existing[(user, row[11])] = _row_to_record(row)
 
@@ -492,8 +522,8 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
         sess = (r.user_id, r.session_id or "")
         if r.kind == "turn" and sess not in next_seq:
             row = conn.execute(
-                "SELECT seq, text FROM records WHERE user_id = ? AND session_id = ? AND kind = 'turn' "
-                "ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, text FROM records WHERE user_id = ? AND session_id = ? "
+                "AND kind = 'turn' ORDER BY seq DESC LIMIT 1",
                 sess,
             ).fetchone()
             next_seq[sess] = (row[0] + 1) if row else 1
@@ -534,13 +564,20 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
         units = list(index_units(rec.text, context))
         if len(units) > UNITS_PER_RECORD:
             last = units[UNITS_PER_RECORD - 1]
-            units = units[: UNITS_PER_RECORD - 1] + [
-                type(last)(last.start, len(rec.text), rec.text[last.start :], "")
+            units = [
+                *units[: UNITS_PER_RECORD - 1],
+                type(last)(last.start, len(rec.text), rec.text[last.start :], ""),
             ]
         conn.executemany(
             "INSERT INTO units (rowid, scope, body, context, span) VALUES (?,?,?,?,?)",
             [
-                (rowid * UNITS_PER_RECORD + i, scope_tokens, u.body, u.context, f"{u.start}:{u.end}")
+                (
+                    rowid * UNITS_PER_RECORD + i,
+                    scope_tokens,
+                    u.body,
+                    u.context,
+                    f"{u.start}:{u.end}",
+                )
                 for i, u in enumerate(units)
             ],
         )

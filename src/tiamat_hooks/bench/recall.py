@@ -1,0 +1,201 @@
+"""The recall benchmark: evidence recall within a token budget.
+
+Scored as ``../shared/bench/README.md`` says.
+
+For each conversation, every session's turns are ingested through the store API into a fresh
+store (one user per conversation, one session per benchmark session, ``started_at`` as the turn
+time). For each question, :meth:`Recaller.recall` — exactly what the input filter calls — runs with
+the question as the newest user message, at ``asked_at``, with budget B. A turn counts as
+recalled when the injected parts of it cover at least half of its characters (a whole turn
+injected counts fully). Summaries and facts never count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..models import Scope, make_record
+from ..recall import RecallConfig, Recaller, RecallResult
+from ..stores import open_store
+from ..stores.base import MemoryStore
+from ..tokens import TokenCounter
+from .dataset import BenchConversation, BenchDataset
+
+__all__ = [
+    "BudgetResult",
+    "RecallBenchReport",
+    "evidence_recall",
+    "ingest_conversation",
+    "run_recall_bench",
+]
+
+SCORING_ENCODING = "cl100k_base"
+
+
+def _parse_time(value: str) -> datetime:
+    dt = datetime.fromisoformat(value)
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def turn_text(text: str, image_caption: str | None) -> str:
+    """The stored text of a benchmark turn; a shared photo's caption is part of what was said."""
+    return f"{text} [shared a photo: {image_caption}]" if image_caption else text
+
+
+async def ingest_conversation(store: MemoryStore, conv: BenchConversation, user_id: str) -> int:
+    """Write a conversation's turns through the store API; returns how many were stored."""
+    n = 0
+    for session in conv.sessions:
+        started = _parse_time(session.started_at)
+        records = [
+            make_record(
+                user_id=user_id,
+                session_id=session.id,
+                role=t.role,
+                text=turn_text(t.text, t.image_caption),
+                created_at=started + timedelta(seconds=i),
+                key=t.id,
+                meta={"speaker": t.speaker} if t.speaker else {},
+            )
+            for i, t in enumerate(session.turns)
+        ]
+        n += len(await store.add(records))
+    return n
+
+
+def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
+    """Share of evidence turns (by idempotency key = benchmark turn id) the block recalls."""
+    if not evidence:
+        return 0.0
+    covered: dict[str, list[tuple[int, int]]] = {}
+    lengths: dict[str, int] = {}
+    for snip in result.snippets:
+        if snip.record.kind != "turn":
+            continue
+        key = snip.record.key
+        n = len(snip.record.text)
+        lengths[key] = n
+        covered.setdefault(key, []).append(snip.span or (0, n))
+    hit = 0
+    for turn_id in evidence:
+        spans = sorted(covered.get(turn_id, []))
+        if not spans:
+            continue
+        total, end = 0, -1
+        for s, e in spans:
+            s = max(s, end)
+            if e > s:
+                total += e - s
+                end = e
+        if total * 2 >= lengths[turn_id]:
+            hit += 1
+    return hit / len(evidence)
+
+
+@dataclass
+class BudgetResult:
+    budget: int
+    recall: dict[str, float]
+    tokens_mean: float
+    tokens_max: int
+    latency_ms: dict[str, float]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "recall": self.recall,
+            "tokens_mean": self.tokens_mean,
+            "tokens_max": self.tokens_max,
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass
+class RecallBenchReport:
+    dataset: str
+    questions: int
+    results: list[BudgetResult] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "questions": self.questions,
+            "results": [r.as_json() for r in self.results],
+        }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+async def run_recall_bench(
+    data: BenchDataset,
+    *,
+    budgets: Sequence[int] = (512, 1024, 2048),
+    config: RecallConfig | None = None,
+    store_url: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RecallBenchReport:
+    """Run the benchmark. ``store_url`` None uses a fresh in-memory SQLite store per conversation.
+
+    With a URL, every conversation goes into that store under its own random user id, so shared
+    stores (Postgres, a server) can be measured without clearing them.
+    """
+    import uuid
+
+    counter = TokenCounter(SCORING_ENCODING)
+    config = config or RecallConfig()
+    scores: dict[int, list[tuple[str, float]]] = {b: [] for b in budgets}
+    tokens: dict[int, list[int]] = {b: [] for b in budgets}
+    latency: dict[int, list[float]] = {b: [] for b in budgets}
+    questions = 0
+    for conv in data.conversations:
+        store = open_store(store_url or "sqlite://:memory:")
+        user_id = f"bench-{conv.id}-{uuid.uuid4().hex[:8]}" if store_url else f"bench-{conv.id}"
+        try:
+            await ingest_conversation(store, conv, user_id)
+            recaller = Recaller(store, config=config, counter=counter)
+            for q in conv.questions:
+                questions += 1
+                now = _parse_time(q.asked_at)
+                for b in budgets:
+                    t0 = time.perf_counter()
+                    result = await recaller.recall(Scope(user_id), q.question, now=now, budget=b)
+                    latency[b].append((time.perf_counter() - t0) * 1000)
+                    if result.tokens > b:  # the contract; a violation must never go unnoticed
+                        raise AssertionError(f"block of {result.tokens} tokens exceeds budget {b}")
+                    tokens[b].append(result.tokens)
+                    scores[b].append((q.category, evidence_recall(result, q.evidence)))
+                if progress is not None:
+                    progress(1)
+        finally:
+            await store.close()
+    report = RecallBenchReport(data.name, questions)
+    for b in budgets:
+        by_cat: dict[str, list[float]] = {}
+        for cat, s in scores[b]:
+            by_cat.setdefault(cat, []).append(s)
+        recall = {"overall": statistics.fmean(s for _, s in scores[b]) if scores[b] else 0.0}
+        recall.update({cat: statistics.fmean(v) for cat, v in sorted(by_cat.items())})
+        report.results.append(
+            BudgetResult(
+                budget=b,
+                recall={k: round(v, 4) for k, v in recall.items()},
+                tokens_mean=round(statistics.fmean(tokens[b]), 1) if tokens[b] else 0.0,
+                tokens_max=max(tokens[b], default=0),
+                latency_ms={
+                    "p50": round(_pct(latency[b], 0.50), 3),
+                    "p95": round(_pct(latency[b], 0.95), 3),
+                },
+            )
+        )
+    return report
