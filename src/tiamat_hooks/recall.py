@@ -64,6 +64,7 @@ class RecallConfig:
     cost_exponent: float = 0.5
     max_snippet_chars: int = 600
     sibling_weight: float = 0.5
+    sibling_hits: int = 120
     neighbor_hits: int = 30
     header: str = (
         "Memory: quoted excerpts from earlier conversations with this user, oldest first. "
@@ -282,18 +283,21 @@ class Recaller:
             session_best[sid] = max(session_best.get(sid, 0.0), h.score / top)
 
         hit_score: dict[str, float] = {}
-        for h in hits:
+        for rank, h in enumerate(hits):
             base = h.score / top
             score = base * (1.0 + cfg.session_weight * session_best[h.record.session_id])
             hit_score[h.record.id] = max(hit_score.get(h.record.id, 0.0), score)
-            windows = self._windows(h.record)
-            if len(windows) == 1:
+            if len(h.record.text) <= cfg.max_snippet_chars:
                 offer(h.record, None, score)
-                continue
-            best = self._best_window(h.record, windows, h.span, query)
-            for w in windows:
-                # Sibling windows of a long hit: the rest of the answer is often around it.
-                offer(h.record, w, score if w == best else score * cfg.sibling_weight)
+            elif h.span is not None and rank >= cfg.sibling_hits:
+                # The store's span is already one of our windows (same splitter, same size).
+                offer(h.record, h.span, score)
+            else:
+                windows = self._windows(h.record)
+                best = self._best_window(h.record, windows, h.span, query)
+                for w in windows:
+                    # Sibling windows of a strong long hit: the rest of the answer is near it.
+                    offer(h.record, w, score if w == best else score * cfg.sibling_weight)
 
         # Neighbour turns of the strongest hits: answers often sit in the reply next to a hit.
         strong = [h for h in hits if h.record.kind == "turn" and h.record.seq is not None]
@@ -380,9 +384,8 @@ class Recaller:
             return []
         for u in units:
             s, e = u.span if u.span is not None else (0, len(u.record.text))
-            u.text = _clean(u.record.text[s:e])
-            # A cheap estimate ranks; the exact count is taken only for what is packed.
-            u.cost = len(u.text) // 4 + 6
+            # A cheap estimate ranks; cleaning and exact counts happen only for what is tried.
+            u.cost = (e - s) // 4 + 6
         costs = sorted(u.cost for u in units[: max(10, len(units) // 2)])
         typical = costs[len(costs) // 2] if costs else 1
 
@@ -393,11 +396,13 @@ class Recaller:
         sessions: set[tuple[str, str | None]] = set()
         session_header = count("[2024-01-01, 10 months ago]\n")
         for u in sorted(units, key=priority, reverse=True):
-            if not u.text:
-                continue
             sess = (u.record.user_id, u.record.session_id)
             extra = 0 if sess in sessions else session_header
-            if u.cost * 0.7 + extra > remaining:  # cannot fit even if the estimate is generous
+            if u.cost * 0.6 + extra > remaining:  # cannot fit even if the estimate is generous
+                continue
+            s, e = u.span if u.span is not None else (0, len(u.record.text))
+            u.text = _clean(u.record.text[s:e])
+            if not u.text:
                 continue
             cost = count(f"> {_label(u.record)}: {u.text}\n") + extra
             if cost > remaining:

@@ -560,6 +560,10 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
         rowid = cur.lastrowid
         assert rowid is not None
         context = prev_text.get(sess) if rec.kind == "turn" else None
+        speaker = rec.meta.get("speaker")
+        if isinstance(speaker, str) and speaker:
+            # Who said it is part of what a turn is about ("what did Ann say about ...").
+            context = f"{speaker}: {context or ''}"
         scope_tokens = _scope_tokens(rec.user_id, rec.agent_id, rec.session_id or "", rec.kind)
         units = list(index_units(rec.text, context))
         if len(units) > UNITS_PER_RECORD:
