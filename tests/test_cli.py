@@ -235,3 +235,36 @@ def test_unknown_store_scheme() -> None:
 def test_version() -> None:
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and "tiamat-hooks" in res.output
+
+
+def test_bench_latency_small(tmp_path: Path) -> None:
+    out, png = tmp_path / "lat.json", tmp_path / "lat.png"
+    db = f"sqlite:///{tmp_path / 'lat.db'}"
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "latency",
+            "--store",
+            db,
+            "--sizes",
+            "200,600",
+            "--users",
+            "3",
+            "--queries",
+            "5",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert [p["turns"] for p in report["points"]] == [200, 600]
+    for p in report["points"]:
+        assert p["persist_turns_per_s"] > 0
+        assert p["recall_ms"]["p95"] >= p["recall_ms"]["p50"] > 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, ["stats", "--store", db])
+    assert json.loads(res.output)["records"] == 600

@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: recall quality and speed.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+keys_app = typer.Typer(help="API keys of the self-hosted server (`serve`).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -285,9 +287,9 @@ def _budgets(value: str) -> list[int]:
     try:
         budgets = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter("budgets are integers separated by commas") from None
+        raise typer.BadParameter("expected positive integers separated by commas") from None
     if not budgets or any(b <= 0 for b in budgets):
-        raise typer.BadParameter("budgets must be positive")
+        raise typer.BadParameter("expected positive integers separated by commas")
     return budgets
 
 
@@ -351,6 +353,177 @@ def bench_recall(
             from .bench.plots import plot_recall
 
             plot_recall(report, plot)
+
+    _run(go())
+
+
+# -- the self-hosted server ----------------------------------------------------------------------
+
+KeysOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys",
+        help="API key registry file (default: next to a SQLite store file, else keys.db in the "
+        "user data directory).",
+    ),
+]
+
+
+def _registry(keys: Path | None, store: str | None) -> Any:
+    from .server import KeyRegistry, default_keys_path
+
+    path = keys if keys is not None else default_keys_path(store or default_store_url())
+    return KeyRegistry(path)
+
+
+@app.command()
+def serve(
+    store: StoreOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    keys: KeysOption = None,
+    dev_key: Annotated[
+        str | None,
+        typer.Option(
+            "--dev-key",
+            help="Also accept this key (tenant 'dev'). Without --keys, only this key is accepted.",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve STORE over the TIAMAT memory API (plus extensions) with an inspector page at /."""
+    from .server import KeyChain, KeyResolver, StaticKeys, create_app
+    from .server import serve as run_server
+
+    resolvers: list[KeyResolver] = []
+    if dev_key is not None:
+        resolvers.append(StaticKeys({dev_key: "dev"}))
+    if keys is not None or dev_key is None:
+        resolvers.append(_registry(keys, store))
+
+    async def go(s: MemoryStore) -> None:
+        app_ = create_app(s, keys=KeyChain(*resolvers))
+        err_console.print(f"serving {store or default_store_url()} on http://{host}:{port}/")
+        await run_server(app_, host=host, port=port, log_level=log_level)
+
+    _run(_with_store(store, go))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A unique name for the key.")],
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Whose memory the key sees (default: NAME). Keys may share a tenant."),
+    ] = None,
+    default_user: Annotated[
+        str, typer.Option(help="User that plain (non-envelope) memories are filed under.")
+    ] = "default",
+    store: StoreOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Issue an API key and print it once (it is stored only hashed)."""
+
+    async def go() -> None:
+        key, info = _registry(keys, store).create(name, tenant=tenant, default_user=default_user)
+        err_console.print(f"created key {info.id} ({info.name}, tenant {info.tenant}); keep it:")
+        sys.stdout.write(key + "\n")
+
+    _run(go())
+
+
+@keys_app.command("list")
+def keys_list(store: StoreOption = None, keys: KeysOption = None) -> None:
+    """List issued keys (never the keys themselves)."""
+
+    async def go() -> None:
+        table = Table("id", "name", "tenant", "default user", "starts with", "created", "revoked")
+        for k in _registry(keys, store).list():
+            table.add_row(
+                k.id,
+                k.name,
+                k.tenant,
+                k.default_user,
+                k.hint + "…",
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+            )
+        console.print(table)
+
+    _run(go())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="Name or id of the key.")],
+    store: StoreOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Revoke a key; the running server refuses it from its next request on."""
+
+    async def go() -> bool:
+        return bool(_registry(keys, store).revoke(name))
+
+    if not _run(go()):
+        err_console.print(f"no active key named {name!r}")
+        raise typer.Exit(1)
+    console.print(f"revoked {name!r}")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    store: Annotated[
+        str, typer.Option(help="Store URL to grow and measure (use a scratch database).")
+    ] = "sqlite:///bench-out/latency.db",
+    sizes: Annotated[str, typer.Option(help="Checkpoint sizes in stored turns.")] = (
+        "10000,100000,1000000"
+    ),
+    users: Annotated[int, typer.Option(help="Users the turns are spread over.")] = 100,
+    queries: Annotated[int, typer.Option(help="Recalls measured at each checkpoint.")] = 200,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG latency chart.")] = None,
+) -> None:
+    """Recall p50/p95 and persist throughput as the store grows to each size."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .bench.latency import run_latency_bench
+
+    checkpoints = _budgets(sizes)
+
+    async def go() -> None:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task("turns written", total=max(checkpoints))
+            report = await run_latency_bench(
+                store,
+                sizes=checkpoints,
+                users=users,
+                queries=queries,
+                progress=lambda n: bar.advance(task, n),
+            )
+        table = Table(title=f"latency: {report.store} ({report.users} users)")
+        for col in ("stored turns", "persist turns/s", "search p50/p95 ms", "recall p50/p95 ms"):
+            table.add_column(col, justify="right")
+        for p in report.points:
+            table.add_row(
+                f"{p.turns:,}",
+                f"{p.persist_turns_per_s:,.0f}",
+                f"{p.search_ms['p50']:.2f} / {p.search_ms['p95']:.2f}",
+                f"{p.recall_ms['p50']:.2f} / {p.recall_ms['p95']:.2f}",
+            )
+        console.print(table)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        if plot is not None:
+            from .bench.plots import plot_latency
+
+            plot_latency([report], plot)
 
     _run(go())
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .latency import LatencyReport
     from .recall import RecallBenchReport
 
 
@@ -38,6 +39,32 @@ def plot_recall(report: RecallBenchReport, path: Path) -> None:
     ax.set_title(f"{report.dataset}: evidence recall by budget")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency(reports: list[LatencyReport], path: Path) -> None:
+    """Recall p50/p95 (ms) against stored turns, one line pair per store."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rep in reports:
+        xs = [p.turns for p in rep.points]
+        for q, style in (("p50", "-"), ("p95", "--")):
+            ax.plot(
+                xs,
+                [p.recall_ms[q] for p in rep.points],
+                style,
+                marker="o",
+                label=f"{rep.store} recall {q}",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("stored turns")
+    ax.set_ylabel("recall latency (ms)")
+    ax.set_title("Recall latency by store size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

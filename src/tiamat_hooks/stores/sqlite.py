@@ -14,10 +14,12 @@ worker thread per store object; the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -85,8 +87,11 @@ def _tok(prefix: str, value: str) -> str:
     return prefix + hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4096)
 def _scope_tokens(user_id: str, agent_id: str | None, session_id: str, kind: str) -> str:
-    parts = [_tok("u", user_id), "k" + kind]
+    # Kind tokens are per user: a store-wide "kturn" token would have a posting list as long as
+    # the whole store, and every search would walk it.
+    parts = [_tok("u", user_id), _tok("k", user_id + "\x1f" + kind)]
     if agent_id is not None:
         parts.append(_tok("a", user_id + "\x1f" + agent_id))
     parts.append(_tok("s", user_id + "\x1f" + session_id))
@@ -125,6 +130,23 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
         key=row[11],
         meta=json.loads(row[12]),
     )
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    # Switching a file to WAL takes an exclusive lock and SQLite answers "database is locked" at
+    # once instead of calling the busy handler, so processes opening a new file together would
+    # fail. Retry within the busy timeout.
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _map_error(exc: sqlite3.Error) -> StoreError:
@@ -182,7 +204,7 @@ class SQLiteMemoryStore:
                 )
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 if self.path != ":memory:":
-                    conn.execute("PRAGMA journal_mode = WAL")
+                    _enable_wal(conn, self.busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 self._migrate(conn)
                 self._conn = conn
@@ -306,7 +328,7 @@ class SQLiteMemoryStore:
         # Every term is letters/digits only (query_terms guarantees it) and double-quoted, so no
         # user text is ever parsed as FTS5 syntax.
         words = " OR ".join(f'"{t}"' for t in terms)
-        kind_q = " OR ".join(f'"k{k}"' for k in kinds)
+        kind_q = " OR ".join(f'"{_tok("k", scope.user_id + chr(31) + k)}"' for k in kinds)
         match = (
             "scope : (" + " AND ".join(f'"{t}"' for t in scope_q) + f") AND scope : ({kind_q})"
             f" AND {{body context}} : ({words})"
@@ -497,6 +519,11 @@ def _fetch_by_rowid(conn: sqlite3.Connection, rowids: Iterable[int]) -> dict[int
 
 
 def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryRecord]:
+    """Insert a batch inside the caller's write transaction (``BEGIN IMMEDIATE`` held).
+
+    Because the write lock is held, reading ``max(rowid)`` and the sessions' last ``seq`` and then
+    inserting is race-free across processes; rows go in with two ``executemany`` calls.
+    """
     # 1. Idempotency: records whose (user, key) is stored already are returned as stored.
     existing: dict[tuple[str, str], MemoryRecord] = {}
     by_user: dict[str, list[str]] = {}
@@ -510,10 +537,14 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
             for row in conn.execute(q, [user, *chunk]):
                 existing[(user, row[11])] = _row_to_record(row)
 
-    # 2. Sequence numbers and the previous turn of each session (indexed as context).
+    # 2. Sequence numbers, rowids and the previous turn of each session (indexed as context).
+    next_rowid = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM records").fetchone()[0]
     next_seq: dict[tuple[str, str], int] = {}
     prev_text: dict[tuple[str, str], str | None] = {}
+    used_seq: set[tuple[str, str, int]] = set()
     out: list[MemoryRecord] = []
+    record_rows: list[tuple[Any, ...]] = []
+    unit_rows: list[tuple[Any, ...]] = []
     for r in batch:
         k = (r.user_id, r.key)
         if k in existing:
@@ -532,33 +563,32 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
         if r.kind == "turn":
             if r.seq is None:
                 rec = r.model_copy(update={"seq": next_seq[sess]})
+            seq_key = (sess[0], sess[1], rec.seq or 0)
+            if seq_key in used_seq:
+                raise StoreConflictError(
+                    f"two turns with seq {rec.seq} in session {rec.session_id!r} in one batch"
+                )
+            used_seq.add(seq_key)
             next_seq[sess] = max(next_seq[sess], (rec.seq or 0) + 1)
-        try:
-            cur = conn.execute(
-                "INSERT INTO records (id, user_id, agent_id, session_id, kind, role, text, item, "
-                "created_us, seq, key, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rec.id,
-                    rec.user_id,
-                    rec.agent_id,
-                    rec.session_id or "",
-                    rec.kind,
-                    rec.role,
-                    rec.text,
-                    json.dumps(rec.item, ensure_ascii=False) if rec.item is not None else None,
-                    _to_us(rec.created_at),
-                    rec.seq,
-                    rec.key,
-                    json.dumps(rec.meta, ensure_ascii=False),
-                ),
+        rowid = next_rowid
+        next_rowid += 1
+        record_rows.append(
+            (
+                rowid,
+                rec.id,
+                rec.user_id,
+                rec.agent_id,
+                rec.session_id or "",
+                rec.kind,
+                rec.role,
+                rec.text,
+                json.dumps(rec.item, ensure_ascii=False) if rec.item is not None else None,
+                _to_us(rec.created_at),
+                rec.seq,
+                rec.key,
+                json.dumps(rec.meta, ensure_ascii=False) if rec.meta else "{}",
             )
-        except sqlite3.IntegrityError as exc:
-            raise StoreConflictError(
-                f"record {rec.id!r} conflicts with a stored record (duplicate id or turn seq "
-                f"{rec.seq} in session {rec.session_id!r})"
-            ) from exc
-        rowid = cur.lastrowid
-        assert rowid is not None
+        )
         context = prev_text.get(sess) if rec.kind == "turn" else None
         speaker = rec.meta.get("speaker")
         if isinstance(speaker, str) and speaker:
@@ -572,21 +602,23 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
                 *units[: UNITS_PER_RECORD - 1],
                 type(last)(last.start, len(rec.text), rec.text[last.start :], ""),
             ]
-        conn.executemany(
-            "INSERT INTO units (rowid, scope, body, context, span) VALUES (?,?,?,?,?)",
-            [
-                (
-                    rowid * UNITS_PER_RECORD + i,
-                    scope_tokens,
-                    u.body,
-                    u.context,
-                    f"{u.start}:{u.end}",
-                )
-                for i, u in enumerate(units)
-            ],
+        unit_rows.extend(
+            (rowid * UNITS_PER_RECORD + i, scope_tokens, u.body, u.context, f"{u.start}:{u.end}")
+            for i, u in enumerate(units)
         )
         if rec.kind == "turn":
             prev_text[sess] = rec.text
         existing[k] = rec
         out.append(rec)
+    try:
+        conn.executemany(
+            f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", record_rows
+        )
+    except sqlite3.IntegrityError as exc:
+        raise StoreConflictError(
+            f"a record conflicts with a stored one (duplicate id or turn seq): {exc}"
+        ) from exc
+    conn.executemany(
+        "INSERT INTO units (rowid, scope, body, context, span) VALUES (?,?,?,?,?)", unit_rows
+    )
     return out
