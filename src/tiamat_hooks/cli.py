@@ -82,6 +82,28 @@ def _main(
     """Long-term memory and context compaction for the OpenAI Agents SDK."""
 
 
+# -- the main job -------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Store URL (default: a temporary SQLite file)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Real model name, used when OPENAI_API_KEY is set (else offline)."),
+    ] = None,
+) -> None:
+    """Three sessions with a new hooks object each: watch memory reach the model input."""
+    from .demo import run_demo
+
+    report = _run(run_demo(store, model, console))
+    if not report.remembered:
+        raise typer.Exit(1)
+
+
 # -- inspection ---------------------------------------------------------------------------------
 
 
