@@ -5,6 +5,16 @@ The public API is what this module exports; everything else is an implementation
 
 from __future__ import annotations
 
+from .compaction import (
+    CompactedInput,
+    Compactor,
+    ExtractiveSummarizer,
+    ModelSummarizer,
+    SummarizationError,
+    Summarizer,
+    compact_input,
+    count_item_tokens,
+)
 from .errors import (
     CapabilityError,
     ConfigError,
@@ -19,21 +29,42 @@ from .errors import (
     StoreUnavailableError,
     TiamatError,
 )
+from .facts import (
+    Fact,
+    FactExtractionError,
+    FactExtractor,
+    current_facts,
+    fact_history,
+    learn,
+    render_fact,
+)
+from .hooks import HookStats, TiamatHooks
 from .models import MemoryRecord, Scope, SearchHit, SessionInfo, StoreCapabilities, StoreStats
+from .session import TiamatSession
 from .stores import MemoryStore, SQLiteMemoryStore, open_store
+from .stores.cloud import TiamatCloudStore
 from .tokens import TokenCounter, get_encoding
+from .tools import memory_tools
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CapabilityError",
+    "CompactedInput",
+    "Compactor",
     "ConfigError",
     "EncodingUnavailableError",
+    "ExtractiveSummarizer",
+    "Fact",
+    "FactExtractionError",
+    "FactExtractor",
+    "HookStats",
     "InvalidInputError",
     "InvalidRecordError",
     "InvalidScopeError",
     "MemoryRecord",
     "MemoryStore",
+    "ModelSummarizer",
     "QuotaExceededError",
     "SQLiteMemoryStore",
     "Scope",
@@ -45,9 +76,21 @@ __all__ = [
     "StoreStats",
     "StoreTimeoutError",
     "StoreUnavailableError",
+    "SummarizationError",
+    "Summarizer",
+    "TiamatCloudStore",
     "TiamatError",
+    "TiamatHooks",
+    "TiamatSession",
     "TokenCounter",
     "__version__",
+    "compact_input",
+    "count_item_tokens",
+    "current_facts",
+    "fact_history",
     "get_encoding",
+    "learn",
+    "memory_tools",
     "open_store",
+    "render_fact",
 ]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .errors import ConfigError, InvalidInputError, InvalidScopeError, TiamatError
+from .errors import ConfigError, InvalidInputError, InvalidScopeError, SummarizationError
 from .items import item_role, item_text, to_jsonable
 from .models import MemoryRecord, Scope, make_record
 from .stores.base import MemoryStore
@@ -67,10 +67,6 @@ logger = logging.getLogger("tiamat_hooks")
 
 ITEM_OVERHEAD_TOKENS = 4
 """Tokens added per input item for role/type framing (the API's own per-message overhead)."""
-
-
-class SummarizationError(TiamatError):
-    """A summarizer failed (after retries) or answered nothing usable. Nothing was written."""
 
 
 # -- item helpers -----------------------------------------------------------------------------
@@ -286,7 +282,8 @@ class ExtractiveSummarizer:
         self.counter = counter or TokenCounter()
 
     async def summarize(self, records: Sequence[MemoryRecord], *, max_tokens: int) -> str:
-        return self.summarize_sync(records, max_tokens=max_tokens)
+        # CPU-bound: run it off the event loop so a background compaction never stalls a run.
+        return await asyncio.to_thread(self.summarize_sync, records, max_tokens=max_tokens)
 
     def summarize_sync(self, records: Sequence[MemoryRecord], *, max_tokens: int) -> str:
         """The same as :meth:`summarize`, without the event loop (it does no I/O)."""

@@ -14,6 +14,8 @@ tree in one place per backend and chained with ``from exc``; they never escape r
     │   └── StoreConflictError       a write conflicted and could not be retried
     ├── CapabilityError              the store cannot do this at all (e.g. delete on the hosted API)
     ├── EncodingUnavailableError     no tiktoken encoding could be loaded (says how to fix it)
+    ├── SummarizationError           a summarizer failed after retries; the raw turns are kept
+    ├── FactExtractionError          the fact-extraction model's answer was unusable
     └── InvalidInputError            bad input from the caller (also a ValueError)
         ├── InvalidScopeError        empty or malformed user/agent/session id
         ├── InvalidRecordError       a record that cannot be stored as given
@@ -29,6 +31,7 @@ __all__ = [
     "CapabilityError",
     "ConfigError",
     "EncodingUnavailableError",
+    "FactExtractionError",
     "InvalidInputError",
     "InvalidRecordError",
     "InvalidScopeError",
@@ -37,6 +40,7 @@ __all__ = [
     "StoreError",
     "StoreTimeoutError",
     "StoreUnavailableError",
+    "SummarizationError",
     "TiamatError",
 ]
 
@@ -71,6 +75,14 @@ class CapabilityError(TiamatError):
 
 class EncodingUnavailableError(TiamatError):
     """No tiktoken encoding could be loaded. The message says how to fix it."""
+
+
+class SummarizationError(TiamatError):
+    """A summarizer failed (after retries) or answered nothing usable. Nothing was written."""
+
+
+class FactExtractionError(TiamatError):
+    """The extraction model failed or answered something that is not the requested JSON."""
 
 
 class InvalidInputError(TiamatError, ValueError):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import InvalidInputError, TiamatError
+from .errors import FactExtractionError, InvalidInputError
 from .models import MemoryRecord, Scope, make_record, utcnow
 from .stores.base import MemoryStore
 from .text import query_terms
@@ -59,6 +59,7 @@ __all__ = [
     "learn",
     "normalise",
     "note",
+    "relevant_fact_lines",
     "render_fact",
 ]
 
@@ -79,10 +80,6 @@ PREDICATE_ALIASES: dict[str, str] = {
     "is living in": "lives in",
 }
 """Phrasings that name the same single-valued relation, keyed by their normalised form."""
-
-
-class FactExtractionError(TiamatError):
-    """The extraction model failed or answered something that is not the requested JSON."""
 
 
 _WS = re.compile(r"\s+")
@@ -332,6 +329,49 @@ async def current_facts(
         if len(out) >= limit:
             break
     return out[:limit]
+
+
+async def relevant_fact_lines(
+    store: MemoryStore, scope: Scope, query: str, *, limit: int = 10
+) -> list[str]:
+    """Rendered lines of the current facts and the notes matching ``query``, best match first.
+
+    What recall shows under "Known facts": a slot matched through any of its versions shows only
+    the value now in force (:func:`render_fact`), never a superseded one; a matching note shows
+    as ``text (noted YYYY-MM-DD)``. At most ``limit`` lines. Costs one ``read`` of the user's
+    facts and, only when there are any and the query has searchable words, one ``search``, so
+    users without facts pay a single indexed read.
+    """
+    if limit <= 0 or not query_terms(query):
+        return []
+    records = await _read_facts(store, scope)
+    if not records:
+        return []
+    timeline = _timeline(records)
+    search_limit = min(max(limit * 4, 20), store.capabilities.max_search_limit)
+    hits = await store.search(query, _user_scope(scope), kinds=("fact",), limit=search_limit)
+    lines: list[str] = []
+    seen: set[tuple[str, str] | str] = set()
+    for hit in hits:
+        rec = hit.record
+        if rec.meta.get("note"):
+            if rec.id not in seen:
+                seen.add(rec.id)
+                day = rec.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d")
+                text = _FRAME.sub(lambda m: m.group(0).replace("<", "‹"), _WS.sub(" ", rec.text))
+                lines.append(f"{text.strip()} (noted {day})")
+            continue
+        fact = _fact_of(rec)
+        if fact is None:
+            continue
+        slot = _slot(fact.subject, fact.predicate)
+        if slot in seen:
+            continue
+        seen.add(slot)
+        lines.extend(render_fact(f) for f in timeline.get(slot, [fact]) if f.current)
+        if len(lines) >= limit:
+            break
+    return lines[:limit]
 
 
 async def fact_history(

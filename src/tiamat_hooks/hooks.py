@@ -34,6 +34,37 @@ again; injected memory is never stored. Writes run in background tasks, in order
 ``await hooks.flush()`` (or ``async with``) waits for them; ``hooks.flush_sync()`` (or ``with``)
 does the same after ``Runner.run_sync``.
 
+**Compaction.** Two halves (:mod:`tiamat_hooks.compaction`):
+
+* *Summaries in the store, after the run.* At ``on_agent_end`` a background task, chained after
+  the session's writes (runs never wait for it), runs :meth:`Compactor.compact`: once the
+  session's turns no summary covers exceed ``compact_after_tokens``, the oldest span becomes a
+  ``summary`` record (summaries of summaries when they pile up; never cut between a tool call
+  and its output; idempotent keys; retried). One compaction per session at a time; a request
+  while one runs makes it go round once more. A failure keeps the raw turns, is counted in
+  ``stats.failures["compact"]`` and logged once per session; with ``strict=True`` it is raised
+  by :meth:`flush`. ``flush()`` waits for compactions too. Turns are never deleted or edited.
+* *Model input within ``context_budget``, before every model call* (hooks-only: in
+  ``on_llm_start``, on the list the SDK sends; filter: in the returned ``ModelInputData``; the
+  same function either way). When history + new input + memory exceed the budget, the oldest
+  history items a stored summary covers are replaced by ONE quoted summary item; the memory
+  item, the newest user message and the last four item groups stay verbatim; a tool call and
+  its output are kept or removed together (never an orphan ``function_call_output``). Items no
+  summary covers yet (the newest stored turns, this run's own tool calls) are **kept**; only if
+  the input still does not fit are the oldest of them **trimmed**, whole call/output groups,
+  oldest first. If the protected items alone exceed the budget the input is sent as is and
+  ``stats.over_budget`` counts it. The session's summaries are read once per run (re-read after a
+  compaction of that session finishes). History items compaction removes are no longer
+  "visible", so recall may bring the relevant ones back; recall's budget is inside
+  ``context_budget``. SDK Sessions are untouched: ``get_items()``, ``pop_item()`` and
+  ``clear_session()`` behave exactly as without the hooks.
+
+**Facts.** With ``facts=True`` the current facts (:mod:`tiamat_hooks.facts`) and notes that
+match the message are shown under "Known facts" in the memory block, inside ``token_budget``;
+a superseded value never is. Extraction of facts by a model is off unless ``fact_extractor`` is
+given. :meth:`TiamatHooks.tools` gives the model ``search_memory``/``remember``/``learn_fact``
+bound to the run's scope.
+
 **Failures.** A :class:`~tiamat_hooks.errors.StoreError` never fails the run: recall injects
 nothing, writes are dropped; each is counted in :attr:`TiamatHooks.stats` and logged once per run.
 With ``strict=True`` store errors raise into the run instead (and writes are awaited inline so
@@ -70,18 +101,31 @@ from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Literal, TypeAlias, overload
 
-from agents import Agent, RunConfig, RunContextWrapper, RunHooks
+from agents import Agent, FunctionTool, RunConfig, RunContextWrapper, RunHooks
 from agents.items import ModelResponse, TResponseInputItem
+from agents.models.interface import Model
 from agents.run_config import CallModelData, ModelInputData
 from agents.tool import Tool
 from agents.tracing import custom_span, get_current_trace
 
-from .errors import ConfigError, StoreError
+from .compaction import (
+    ITEM_OVERHEAD_TOKENS,
+    CompactedInput,
+    Compactor,
+    ExtractiveSummarizer,
+    ModelSummarizer,
+    Summarizer,
+    compact_input,
+    seq_map_from_history,
+)
+from .errors import ConfigError, StoreError, SummarizationError
+from .facts import FactExtractor, learn, relevant_fact_lines
 from .items import item_role, item_text, item_to_record, to_jsonable
 from .models import MemoryRecord, Scope
 from .recall import RecallConfig, Recaller, RecallResult
 from .stores import MemoryStore, open_store
 from .tokens import TokenCounter
+from .tools import memory_tools
 
 __all__ = ["HookStats", "IdSource", "InputFilter", "TiamatHooks"]
 
@@ -114,20 +158,36 @@ _CACHE_TTL = 600.0
 _CONTEXT_ITEMS = 6
 """Messages before the newest user message offered to recall as context for short queries."""
 
+_FACT_LINES = 10
+"""Most "Known facts" lines recalled into the block."""
+
+_FILTERED_SIZE = 256
+"""Filter outputs remembered so ``on_llm_start`` can see the input the filter was given."""
+
 
 @dataclass
 class HookStats:
     """Counters of one :class:`TiamatHooks` object (all runs). Read them; do not write them.
 
     ``recalls``: recall operations that completed. ``injections``: model calls that received
-    memory. ``records_persisted``: turn records the store acknowledged. ``failures``: store
-    failures by operation (``"recall"``, ``"persist"``). ``last_error_type``: class name of the
-    newest failure.
+    memory. ``records_persisted``: turn records the store acknowledged. ``compactions``:
+    background compactions of a session that completed (whether or not they had anything to
+    summarize). ``summaries_written``: summary records those compactions returned.
+    ``input_compactions``: model calls whose input was shrunk to ``context_budget``.
+    ``over_budget``: model calls sent over ``context_budget`` because the protected items alone
+    (memory, the newest turns, the request) exceed it. ``facts_learned``: triples stored by the
+    optional fact extractor. ``failures``: failures by operation (``"recall"``, ``"persist"``,
+    ``"compact"``, ``"facts"``). ``last_error_type``: class name of the newest failure.
     """
 
     recalls: int = 0
     injections: int = 0
     records_persisted: int = 0
+    compactions: int = 0
+    summaries_written: int = 0
+    input_compactions: int = 0
+    over_budget: int = 0
+    facts_learned: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     last_error_type: str | None = None
 
@@ -144,6 +204,15 @@ class _Prepared:
     """``None`` when recall failed open."""
     created: float
     error_logged: bool = False
+    summaries: list[MemoryRecord] = field(default_factory=list)
+    """The session's summary records (only read when ``context_budget`` is set)."""
+    summaries_gen: int = 0
+    """The session's compaction generation ``summaries`` were read at."""
+    seq_of: dict[int, int] = field(default_factory=dict)
+    """Position among the first call's non-injected items -> stored turn seq (history only)."""
+    agent_id: str | None = None
+    """The explicit ``agent_id`` of the run (``None`` when not given)."""
+    budget_logged: bool = False
 
 
 @dataclass
@@ -157,6 +226,8 @@ class _RunState:
     """Fingerprint -> occurrences of it this run already stored (or queued)."""
     next_pos: int = 0
     error_logged: bool = False
+    texts: list[str] = field(default_factory=list)
+    """Message texts of the run's new turns (for the optional fact extractor)."""
 
 
 # -- item helpers --------------------------------------------------------------------------------
@@ -311,6 +382,21 @@ class TiamatHooks(RunHooks[Any]):
             SDK default; hooks cannot see your RunConfig, so pass the same value if you set it.
         persist: store the run's turns (default). ``False`` only recalls and injects: use it
             when something else already writes the turns to this store (a store-backed Session).
+        context_budget: most tokens of the model input (history + new input + memory, counted
+            with :func:`~tiamat_hooks.compaction.count_item_tokens`) before every model call;
+            ``None`` (default) leaves the input as the SDK built it. See "Compaction" above.
+        compact_after_tokens: after each run, summarize the oldest stored turns of the session
+            once the turns no summary covers exceed this many tokens; ``None`` disables it.
+            Keep it well below ``context_budget``: turns no summary covers yet can only be kept
+            or trimmed.
+        summarizer: what writes summaries: a :class:`~tiamat_hooks.compaction.Summarizer`,
+            ``"model"`` for a :class:`~tiamat_hooks.compaction.ModelSummarizer` on the agent's
+            own model, or ``None`` for the offline :class:`ExtractiveSummarizer`.
+        facts: inject the user's current facts relevant to the message under "Known facts" in
+            the memory block, within ``token_budget`` (a user without facts costs one read).
+        fact_extractor: a :class:`~tiamat_hooks.facts.FactExtractor` run in the background
+            after each run on its messages; triples are learned for the user. ``None``
+            (default): no model extraction.
 
     Raises:
         ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``).
@@ -335,11 +421,22 @@ class TiamatHooks(RunHooks[Any]):
         encoding: str | None = None,
         trace_include_sensitive_data: bool | None = None,
         persist: bool = True,
+        context_budget: int | None = None,
+        compact_after_tokens: int | None = 4000,
+        summarizer: Summarizer | Literal["model"] | None = None,
+        facts: bool = True,
+        fact_extractor: FactExtractor | None = None,
     ) -> None:
         if not (isinstance(user_id, str) or callable(user_id)):
             raise ConfigError("user_id must be a string or a callable of the run context")
         if role not in ("user", "developer", "system"):
             raise ConfigError(f"role must be 'user', 'developer' or 'system', got {role!r}")
+        if context_budget is not None and context_budget <= 0:
+            raise ConfigError("context_budget must be a positive number of tokens or None")
+        if compact_after_tokens is not None and compact_after_tokens < 8:
+            raise ConfigError("compact_after_tokens must be at least 8 tokens, or None")
+        if not (summarizer is None or summarizer == "model" or isinstance(summarizer, Summarizer)):
+            raise ConfigError("summarizer must be a Summarizer, 'model' or None")
         if isinstance(store, (str, os.PathLike)):
             self.store: MemoryStore = open_store(os.fspath(store))
             self._owns_store = True
@@ -372,8 +469,19 @@ class TiamatHooks(RunHooks[Any]):
             if trace_include_sensitive_data is None
             else trace_include_sensitive_data
         )
+        self.context_budget = context_budget
+        self.compact_after_tokens = compact_after_tokens
+        self.summarizer = summarizer
+        self.facts = facts
+        self.fact_extractor = fact_extractor
         self.stats = HookStats()
         self._recaller: Recaller | None = None
+        self._compactors: dict[int, Compactor] = {}
+        self._compacting: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._compact_again: set[tuple[str, str]] = set()
+        self._compaction_gen: Counter[tuple[str, str]] = Counter()
+        self._filtered: OrderedDict[int, tuple[Any, list[Any]]] = OrderedDict()
+        self._bg_logged: set[tuple[str, str, str]] = set()
         self._marker = f"<memory>\n{self.recall_config.header}"
         self._runs: dict[int, _RunState] = {}
         self._cache: OrderedDict[_CacheKey, _Prepared] = OrderedDict()
@@ -393,6 +501,70 @@ class TiamatHooks(RunHooks[Any]):
             self._recaller = Recaller(self.store, config=self.recall_config, counter=counter)
         return self._recaller
 
+    @property
+    def counter(self) -> TokenCounter:
+        """The token counter of recall and ``context_budget`` (one encoding for both)."""
+        return self.recaller.counter
+
+    def compactor(self, agent: Agent[Any] | None = None) -> Compactor:
+        """The :class:`Compactor` that writes summaries for runs of ``agent``.
+
+        One compactor serves every agent unless ``summarizer="model"``, which gives each agent
+        model its own. Thresholds derive from ``compact_after_tokens`` (``T``): spans of about
+        ``T/2`` tokens, summaries of at most ``min(300, 0.15 * T/2)`` tokens, the newest ``T/4``
+        tokens never summarized.
+
+        Raises:
+            ConfigError: ``compact_after_tokens`` is ``None`` (compaction is off).
+        """
+        if self.compact_after_tokens is None:
+            raise ConfigError("compaction is off (compact_after_tokens=None)")
+        summarizer: Summarizer
+        if self.summarizer == "model":
+            model = getattr(agent, "model", None)
+            spec: Model | str | None = model if isinstance(model, (Model, str)) else None
+            key = id(model) if isinstance(model, Model) else hash(("model", spec))
+            if key not in self._compactors:
+                summarizer = ModelSummarizer(spec, counter=self.counter)
+        else:
+            key = 0
+            if key not in self._compactors:
+                summarizer = self.summarizer or ExtractiveSummarizer(self.counter)
+        if key not in self._compactors:
+            after = self.compact_after_tokens
+            span = max(2, after // 2)
+            self._compactors[key] = Compactor(
+                self.store,
+                summarizer,
+                compact_after_tokens=after,
+                span_tokens=span,
+                max_summary_tokens=max(1, min(300, span * 3 // 20)),
+                keep_recent_tokens=after // 4,
+                counter=self.counter,
+            )
+        return self._compactors[key]
+
+    def tools(self, *, include_learn_fact: bool = True) -> list[FunctionTool]:
+        """Memory function tools bound to each run's scope: ``search_memory(query)``,
+        ``remember(fact)`` and (unless ``include_learn_fact=False``) ``learn_fact(subject,
+        predicate, object)``. See :func:`~tiamat_hooks.tools.memory_tools`.
+
+        The scope comes from the same ``user_id``/``agent_id``/``session_id`` sources as the
+        hooks, resolved from the run context of each tool call; no tool takes a user id.
+        """
+
+        def scope_of(ctx: RunContextWrapper[Any]) -> Scope:
+            user, session = self._ids(ctx)
+            return Scope(user, agent_id=self._resolve(self.agent_id, ctx), session_id=session)
+
+        return memory_tools(
+            self.store,
+            scope_of,
+            recaller=self.recaller,
+            counter=self.counter,
+            include_learn_fact=include_learn_fact,
+        )
+
     async def input_filter(self, data: CallModelData[Any]) -> ModelInputData:
         """A ``RunConfig.call_model_input_filter`` that injects this run's memory.
 
@@ -400,6 +572,9 @@ class TiamatHooks(RunHooks[Any]):
         carries the memory item is returned as is. Recall runs on the first call of a run and is
         reused for the later calls of the same conversation (matched by the content of the
         run's original input). Store failures fail open unless ``strict``.
+
+        With ``context_budget`` the returned input is also compacted (see the module
+        docstring); memory injected into the instructions is not counted then.
 
         The filter only injects: storing the run's turns needs ``hooks=`` too. Without the hooks,
         two runs of one user under one trace that open with identical input within 10 minutes
@@ -413,12 +588,21 @@ class TiamatHooks(RunHooks[Any]):
         items = list(model_data.input)
         instructions = model_data.instructions
         block = prepared.result.block if prepared.result is not None else ""
+        changed = False
         if block:
             if self.inject_into_instructions:
                 instructions = f"{instructions}\n\n{block}" if instructions else block
             else:
                 items.insert(_insert_at(items, prepared.history_len), self._memory_item(block))
+                changed = True
             self.stats.injections += 1
+        compacted = await self._fit(prepared, items, None)
+        if compacted is not None and compacted.changed:
+            items = compacted.items
+            changed = True
+        if changed:
+            # on_llm_start receives this list; let it find the input the filter was given.
+            self._remember_filtered(items, list(model_data.input))
         return ModelInputData(input=items, instructions=instructions)
 
     @overload
@@ -535,11 +719,16 @@ class TiamatHooks(RunHooks[Any]):
         input_items: list[TResponseInputItem],
     ) -> None:
         state, _ = self._run_state(context)
+        # When our filter changed this list, history detection and persistence must look at
+        # the input the filter was given (compaction may have removed items from this one).
+        original = self._filter_source(input_items)
+        source = input_items if original is None else original
         if state.prepared is None:
-            state.prepared = await self._lookup_or_prepare(context, agent, input_items, state)
+            state.prepared = await self._lookup_or_prepare(context, agent, source, state)
         prepared = state.prepared
+        fresh = self._new_inputs(state, source)
         block = prepared.result.block if prepared.result is not None else ""
-        if block and not self._has_memory(input_items, system_prompt):
+        if original is None and block and not self._has_memory(input_items, system_prompt):
             if self.inject_into_instructions and not self._instructions_warned:
                 self._instructions_warned = True
                 logger.warning(
@@ -552,7 +741,11 @@ class TiamatHooks(RunHooks[Any]):
                 _insert_at(input_items, prepared.history_len), self._memory_item(block)
             )
             self.stats.injections += 1
-        await self._persist(state, context, agent, self._new_inputs(state, input_items))
+        if original is None:
+            compacted = await self._fit(prepared, input_items, state)
+            if compacted is not None and compacted.changed:
+                input_items[:] = compacted.items  # in place: this list is what the model gets
+        await self._persist(state, context, agent, fresh)
         if self.user_hooks is not None:
             await self.user_hooks.on_llm_start(context, agent, system_prompt, input_items)
 
@@ -602,6 +795,16 @@ class TiamatHooks(RunHooks[Any]):
             await self.user_hooks.on_handoff(context, from_agent, to_agent)
 
     async def on_agent_end(self, context: Any, agent: Any, output: Any) -> None:
+        state, _ = self._run_state(context)
+        prepared = state.prepared
+        # A run whose recall failed open found the store down: leave background work to the
+        # next run rather than fail twice.
+        if prepared is not None and prepared.result is not None:
+            # The run's turns are queued by now; compaction and extraction chain after them.
+            if self.compact_after_tokens is not None:
+                self._schedule_compaction(prepared, agent)
+            if self.fact_extractor is not None and state.texts:
+                self._background(self._extract_facts(prepared, state.texts, agent))
         if self.user_hooks is not None:
             await self.user_hooks.on_agent_end(context, agent, output)
 
@@ -686,6 +889,7 @@ class TiamatHooks(RunHooks[Any]):
     ) -> _Prepared:
         """Split replayed history from new input and recall, once per run."""
         prepared = _Prepared(user, session, 0, None, time.monotonic())
+        prepared.agent_id = self._resolve(self.agent_id, ctx)
         # Writes of an earlier run of this session must land before its tail is read.
         pending = self._tails.get((user, session))
         if pending is not None and not pending.done():
@@ -706,13 +910,35 @@ class TiamatHooks(RunHooks[Any]):
                 ]
                 prepared.history_len = _replayed_prefix(fps, tail_fps)
                 visible = set(fps)
-                exclude = {r.id for r, (fp, _) in zip(tail, tail_fps, strict=True) if fp in visible}
+                exclude: set[str] = set()
+                budget = self.recall_config.budget
+                if self.context_budget is not None:
+                    key = (user, session)
+                    prepared.summaries_gen = self._compaction_gen[key]
+                    prepared.summaries = await self._read_summaries(key, explicit_agent)
+                    history = clean[: prepared.history_len]
+                    prepared.seq_of = seq_map_from_history(history, tail) if history else {}
+                    # The session's summaries reach the model through compaction, not recall.
+                    exclude.update(s.id for s in prepared.summaries)
+                    budget, visible = self._plan_recall(prepared, clean, budget)
+                exclude.update(
+                    r.id for r, (fp, _) in zip(tail, tail_fps, strict=True) if fp in visible
+                )
                 message, context = _query_parts(clean)
+                recall_scope = Scope(user, agent_id=explicit_agent)
+                facts: list[str] = []
+                if self.facts and budget > 0:
+                    query = self.recaller.build_query(message, context)
+                    facts = await relevant_fact_lines(
+                        self.store, recall_scope, query, limit=_FACT_LINES
+                    )
                 result = await self.recaller.recall(
-                    Scope(user, agent_id=explicit_agent),
+                    recall_scope,
                     message,
                     context=context,
                     exclude_ids=exclude,
+                    budget=budget,
+                    facts=facts,
                 )
             except StoreError as exc:
                 span.span_data.data["error"] = type(exc).__name__
@@ -726,12 +952,201 @@ class TiamatHooks(RunHooks[Any]):
                 candidates=result.candidates,
                 snippets=len(result.snippets),
                 tokens=result.tokens,
-                budget=self.recall_config.budget,
+                budget=budget,
+                facts=len(facts),
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             if self.trace_include_sensitive_data:
                 data.update(query=result.query, block=result.block)
         return prepared
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    async def _read_summaries(
+        self, key: tuple[str, str], agent_id: str | None
+    ) -> list[MemoryRecord]:
+        user, session = key
+        scope = Scope(user, agent_id=agent_id, session_id=session)
+        return await self.store.read(scope, kinds=("summary",))
+
+    def _plan_recall(
+        self, prepared: _Prepared, clean: list[dict[str, Any]], budget: int
+    ) -> tuple[int, set[str]]:
+        """Recall's budget inside ``context_budget``, and the fingerprints that stay visible.
+
+        Compacting the conversation alone into what the memory item leaves shows which history
+        items the model will still see verbatim; only those are kept out of recall, so turns
+        that compaction removes can come back through recall when they matter. When even the
+        protected items leave less than ``budget``, recall gets what is left.
+        """
+        assert self.context_budget is not None
+        reserve = budget + ITEM_OVERHEAD_TOKENS
+        pre = compact_input(
+            clean,
+            prepared.summaries,
+            context_budget=max(0, self.context_budget - reserve),
+            seq_of=prepared.seq_of,
+            counter=self.counter,
+        )
+        visible = {_fingerprint(to_jsonable(x)) for x in pre.items if not _is_framed(x)}
+        if not pre.fits:
+            budget = max(0, self.context_budget - pre.tokens_after - ITEM_OVERHEAD_TOKENS)
+        return budget, visible
+
+    async def _fit(
+        self, prepared: _Prepared, items: list[Any], state: _RunState | None
+    ) -> CompactedInput | None:
+        """``items`` (memory already injected) compacted to ``context_budget``; ``None`` if off.
+
+        The one compaction used by both the filter and ``on_llm_start``. Injected items (memory,
+        summaries) are pinned; history items map to stored seqs through ``prepared.seq_of``, so
+        only they can be replaced by a summary; everything else can only be kept or trimmed.
+        """
+        if self.context_budget is None:
+            return None
+        key = (prepared.user_id, prepared.session_id)
+        if prepared.summaries_gen != self._compaction_gen[key]:
+            # A background compaction finished since: newer summaries may cover more history.
+            gen = self._compaction_gen[key]
+            try:
+                prepared.summaries = await self._read_summaries(key, prepared.agent_id)
+            except StoreError as exc:
+                self._failed("recall", exc, state, prepared)
+            prepared.summaries_gen = gen
+        pinned: list[int] = []
+        seq_of: dict[int, int] = {}
+        position = 0
+        for i, item in enumerate(items):
+            if _is_framed(item):
+                pinned.append(i)
+                continue
+            seq = prepared.seq_of.get(position)
+            if seq is not None and position < prepared.history_len:
+                seq_of[i] = seq
+            position += 1
+        result = compact_input(
+            items,
+            prepared.summaries,
+            context_budget=self.context_budget,
+            seq_of=seq_of,
+            counter=self.counter,
+            pinned=pinned,
+        )
+        if result.changed:
+            self.stats.input_compactions += 1
+        if not result.fits:
+            self.stats.over_budget += 1
+            if not prepared.budget_logged:
+                prepared.budget_logged = True
+                logger.warning(
+                    "tiamat-hooks: model input of %d tokens exceeds context_budget=%d even "
+                    "after compaction (memory, the newest turns and the request are kept); "
+                    "sent as is (logged once per run, counted in hooks.stats.over_budget)",
+                    result.tokens_after,
+                    self.context_budget,
+                )
+        return result
+
+    def _remember_filtered(self, items: Sequence[Any], original: list[Any]) -> None:
+        for item in items:
+            if _is_framed(item):
+                # The item is kept alive in the value, so its id cannot be reused meanwhile.
+                self._filtered[id(item)] = (item, original)
+        while len(self._filtered) > _FILTERED_SIZE:
+            self._filtered.popitem(last=False)
+
+    def _filter_source(self, items: Sequence[Any]) -> list[Any] | None:
+        """The input our filter was given, if it produced ``items``; else ``None``."""
+        for item in items:
+            hit = self._filtered.get(id(item)) if _is_framed(item) else None
+            if hit is not None and hit[0] is item:
+                return hit[1]
+        return None
+
+    def _background(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _schedule_compaction(self, prepared: _Prepared, agent: Any) -> None:
+        """Compact the session in the background, at most one compaction per session at once.
+
+        A request while one runs marks the session; the running compaction then goes round
+        once more (it may have read the session before this run's turns landed).
+        """
+        key = (prepared.user_id, prepared.session_id)
+        running = self._compacting.get(key)
+        if running is not None and not running.done():
+            self._compact_again.add(key)
+            return
+        task = self._background(self._compact_session(key, agent, prepared.agent_id))
+        self._compacting[key] = task
+
+    async def _compact_session(
+        self, key: tuple[str, str], agent: Any, explicit_agent: str | None
+    ) -> None:
+        compactor = self.compactor(agent)
+        while True:
+            self._compact_again.discard(key)
+            # Chained after the session's writes, never the other way round: runs do not wait.
+            pending = self._tails.get(key)
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])
+            started = time.perf_counter()
+            with custom_span("tiamat.compact", data={}) as span:
+                try:
+                    written = await compactor.compact(
+                        Scope(key[0], agent_id=explicit_agent, session_id=key[1])
+                    )
+                except (SummarizationError, StoreError) as exc:
+                    span.span_data.data["error"] = type(exc).__name__
+                    self._background_failed("compact", key, exc)
+                    return
+                self.stats.compactions += 1
+                self.stats.summaries_written += len(written)
+                if written:
+                    self._compaction_gen[key] += 1
+                span.span_data.data.update(
+                    summaries=len(written),
+                    elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            if key not in self._compact_again:
+                return
+
+    async def _extract_facts(self, prepared: _Prepared, texts: list[str], agent: Any) -> None:
+        extractor = self.fact_extractor
+        assert extractor is not None
+        key = (prepared.user_id, prepared.session_id)
+        scope = Scope(key[0], agent_id=prepared.agent_id, session_id=key[1])
+        try:
+            triples = await extractor.extract("\n".join(texts))
+            for t in triples:
+                await learn(
+                    self.store, scope, t.subject, t.predicate, t.object, confidence=t.confidence
+                )
+                self.stats.facts_learned += 1
+        except Exception as exc:  # a model or store failure: counted, never raised into a run
+            self._background_failed("facts", key, exc)
+
+    def _background_failed(self, operation: str, key: tuple[str, str], exc: BaseException) -> None:
+        self.stats.failures[operation] = self.stats.failures.get(operation, 0) + 1
+        self.stats.last_error_type = type(exc).__name__
+        if self.strict:
+            raise exc  # surfaces from flush()
+        if (operation, *key) not in self._bg_logged:
+            self._bg_logged.add((operation, *key))
+            logger.warning(
+                "tiamat-hooks: background %s of session %r failed (%s: %s); the raw turns are "
+                "kept (logged once per session, counted in hooks.stats)",
+                operation,
+                key[1],
+                type(exc).__name__,
+                exc,
+            )
 
     # -- injection -------------------------------------------------------------------------------
 
@@ -799,6 +1214,12 @@ class TiamatHooks(RunHooks[Any]):
         if not items or prepared is None or not self.persist:
             return
         agent_id = self._resolve(self.agent_id, ctx) or getattr(agent, "name", None) or None
+        if self.fact_extractor is not None:
+            state.texts.extend(
+                f"{item_role(d)}: {item_text(d)}"
+                for d in items
+                if item_role(d) in ("user", "assistant")
+            )
         records = []
         for data in items:
             records.append(

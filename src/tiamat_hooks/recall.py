@@ -226,8 +226,14 @@ class Recaller:
         now: datetime | None = None,
         budget: int | None = None,
         exclude_ids: Collection[str] = (),
+        facts: Sequence[str] = (),
     ) -> RecallResult:
-        """Find and pack memory for ``message``. See the module docstring for the contract."""
+        """Find and pack memory for ``message``. See the module docstring for the contract.
+
+        ``facts`` are pre-rendered lines (most relevant first) shown under "Known facts" at the
+        top of the block, inside the same ``budget``: they take at most half of it (the least
+        relevant are left out first) and excerpts fill what is left. No facts: no section.
+        """
         started = time.perf_counter()
         cfg = self.config
         budget = cfg.budget if budget is None else budget
@@ -235,20 +241,32 @@ class Recaller:
         query = self.build_query(message, context)
         if budget <= 0 or not query_terms(query):
             return RecallResult("", 0, (), query, (time.perf_counter() - started) * 1000)
+        fact_lines = [f for f in (_clean(x) for x in facts) if f]
+        # Facts go first, but take at most half the budget so excerpts still fit.
+        cap = max(budget // 2, self._frame_tokens(now, ()))
+        while fact_lines and self._frame_tokens(now, fact_lines) > cap:
+            fact_lines.pop()
         limit = min(cfg.candidates, self.store.capabilities.max_search_limit)
         hits = await self.store.search(query, scope, kinds=cfg.kinds, limit=limit)
         hits = [h for h in hits if h.record.id not in exclude_ids and h.record.created_at <= now]
         units = await self._rank(scope, hits, query, exclude_ids)
-        snippets = self._pack(units, budget, now)
+        snippets = self._pack(units, budget, now, fact_lines)
         block = ""
         tokens = 0
-        if snippets:
-            block = render_block(snippets, now=now, header=cfg.header)
+        if snippets or fact_lines:
+            block = render_block(snippets, now=now, header=cfg.header, facts=fact_lines)
             tokens = self.counter.count(block)
             # The greedy packer estimates; the exact count of the final text decides.
-            while snippets and tokens > budget:
-                snippets = snippets[:-1]
-                block = render_block(snippets, now=now, header=cfg.header) if snippets else ""
+            while (snippets or fact_lines) and tokens > budget:
+                if snippets:
+                    snippets = snippets[:-1]
+                else:
+                    fact_lines = fact_lines[:-1]
+                block = (
+                    render_block(snippets, now=now, header=cfg.header, facts=fact_lines)
+                    if snippets or fact_lines
+                    else ""
+                )
                 tokens = self.counter.count(block) if block else 0
         return RecallResult(
             block,
@@ -375,10 +393,15 @@ class Recaller:
 
     # -- packing ----------------------------------------------------------------------------
 
-    def _pack(self, units: list[_Unit], budget: int, now: datetime) -> list[Snippet]:
+    def _frame_tokens(self, now: datetime, facts: Sequence[str]) -> int:
+        return self.counter.count(render_block([], now=now, header=self.config.header, facts=facts))
+
+    def _pack(
+        self, units: list[_Unit], budget: int, now: datetime, facts: Sequence[str] = ()
+    ) -> list[Snippet]:
         cfg = self.config
         count = self.counter.count
-        frame = count(render_block([], now=now, header=cfg.header))
+        frame = self._frame_tokens(now, facts)
         remaining = budget - frame
         if remaining <= 0 or not units:
             return []
