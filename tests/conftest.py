@@ -160,7 +160,7 @@ async def _server_factory(tmp_path: Path) -> MemoryStore:
                 await backing.close()
 
     # strict=True and a generous deadline, as for "cloud": no case may pass by failing open.
-    return ServerBackedStore(
+    store = ServerBackedStore(
         "http://tiamat-server.test",
         "server-key",
         transport=httpx.ASGITransport(app=app),
@@ -169,6 +169,10 @@ async def _server_factory(tmp_path: Path) -> MemoryStore:
         recall_deadline=10.0,
         strict=True,
     )
+    # The client detects the server's extensions on its first operation; contract cases read
+    # ``capabilities`` before any, so detect now (as an application branching on them would).
+    await store.refresh_capabilities()
+    return store
 
 
 # Every backend registers a factory here; the contract suite runs once per entry.

@@ -7,10 +7,11 @@ when ``list_key`` says so), every call needs the bearer key. Recall is naive wor
 query word matches a content word when they are equal or one is a prefix of the other (both at
 least 3 letters), which stands in for the service's fuzzy search.
 
-Knobs for failure tests: ``down`` (connection refused), ``fail_next`` (a queue of statuses or
-exceptions answered before normal service), ``quota_forever`` (every call answers 429),
-``retry_after`` (sent with 429s), ``recall_delay`` (seconds recall sleeps), ``extensions``
-(advertised by ``/health``).
+Knobs for failure tests: ``down`` (connection refused, ``/health`` included), ``fail_next`` (a
+queue of statuses or exceptions answered before normal service), ``quota_forever`` (every call
+answers 429), ``retry_after`` (sent with 429s), ``recall_delay`` (seconds recall sleeps),
+``extensions`` (advertised by ``/health``). ``fail_next`` and ``quota_forever`` apply to ``/api/``
+calls only, so the client's one ``/health`` request (extension detection) does not consume them.
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ class FakeTiamat:
             self.store_budget -= 1
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
-        if self.fail_next:
+        api = request.url.path.startswith("/api/")
+        if self.fail_next and api:
             failure = self.fail_next.pop(0)
             if isinstance(failure, Exception):
                 raise failure
             return self._error(failure)
-        if self.quota_forever:
+        if self.quota_forever and api:
             return self._error(429)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return httpx.Response(401, json={"error": "unauthorized"})

@@ -65,6 +65,12 @@ def memory(record: MemoryRecord, n: int = 0) -> dict[str, Any]:
     }
 
 
+def hosted(router: respx.MockRouter) -> respx.Route:
+    """``GET /health`` as the hosted API answers it (no extensions): the one request extension
+    detection adds before a store's first operation."""
+    return router.get("/health").respond(json={"status": "ok"})
+
+
 def make_store(**kw: Any) -> TiamatCloudStore:
     options: dict[str, Any] = {"outbox": ":memory:", "retry_base_delay": 0.0}
     options.update(kw)
@@ -93,6 +99,7 @@ async def test_recall_is_a_get_with_query_and_capped_limit_and_bearer() -> None:
     r = rec(u, "my dog is called Biscuit")
     store = make_store(recall_deadline=5.0)
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        hosted(router)
         recall = router.get("/api/memory/recall").respond(json={"results": [memory(r)], "count": 1})
         hits = await store.search("what is my dog called?", Scope(u), limit=500)
     await store.close()
@@ -110,6 +117,7 @@ async def test_recall_reads_results_not_memories() -> None:
     good, other = rec(u, "kiwi in results", 0), rec(u, "kiwi in memories", 1)
     store = make_store(recall_deadline=5.0)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         router.get("/api/memory/recall").respond(
             json={"results": [memory(good)], "memories": [memory(other, 1)], "count": 1}
         )
@@ -121,6 +129,7 @@ async def test_recall_reads_results_not_memories() -> None:
 async def test_recall_never_posts() -> None:
     store = make_store(recall_deadline=5.0, strict=True)
     with respx.mock(base_url=BASE, assert_all_mocked=True) as router:
+        hosted(router)
         get = router.get("/api/memory/recall").respond(json={"results": [], "count": 0})
         await store.search("anything at all", Scope(new_id()))
     await store.close()
@@ -146,6 +155,7 @@ async def test_list_stops_when_the_server_ignores_offset() -> None:
     page = [memory(rec(u, f"n{i}", i), i) for i in range(3)]
     store = make_store(page_size=3)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/list").respond(json={"results": page})
         got = await store.read(Scope(u))
     await store.close()
@@ -173,6 +183,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 async def test_429_with_retry_after_then_success(sleeps: list[float]) -> None:
     store = make_store(recall_deadline=5.0, strict=True)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/recall").mock(
             side_effect=[
                 httpx.Response(429, json={"error": "quota", "retry_after_seconds": 7}),
@@ -192,6 +203,7 @@ async def test_backoff_is_exponential_jittered_and_bounded(sleeps: list[float]) 
         recall_deadline=5.0, strict=True, max_retries=5, retry_base_delay=0.5, retry_max_delay=2.0
     )
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         router.get("/api/memory/recall").respond(503)
         with pytest.raises(StoreUnavailableError):
             await store.search("hello world", Scope(new_id()))
@@ -205,6 +217,7 @@ async def test_backoff_is_exponential_jittered_and_bounded(sleeps: list[float]) 
 async def test_429_forever_raises_quota_for_reads_and_fails_open_for_recall() -> None:
     store = make_store(recall_deadline=5.0, max_retries=2)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         recall = router.get("/api/memory/recall").respond(429, json={"retry_after_seconds": 0})
         router.get("/api/memory/list").respond(429)
         assert await store.search("hello", Scope(new_id())) == []
@@ -233,6 +246,7 @@ async def test_429_forever_queues_writes(fake: FakeTiamat, store: TiamatCloudSto
 async def test_retry_after_beyond_the_cap_is_not_waited_for() -> None:
     store = make_store(recall_deadline=5.0, strict=True, max_retry_after=10)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/recall").respond(429, json={"retry_after_seconds": 3600})
         with pytest.raises(QuotaExceededError, match="3600"):
             await store.search("hello", Scope(new_id()))
@@ -243,6 +257,7 @@ async def test_retry_after_beyond_the_cap_is_not_waited_for() -> None:
 async def test_5xx_is_retried() -> None:
     store = make_store(recall_deadline=5.0, strict=True)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/recall").mock(
             side_effect=[
                 httpx.Response(502),
@@ -258,6 +273,7 @@ async def test_5xx_is_retried() -> None:
 async def test_5xx_forever_is_unavailable() -> None:
     store = make_store(max_retries=1)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/list").respond(503)
         with pytest.raises(StoreUnavailableError) as info:
             await store.read(Scope(new_id()))
@@ -273,6 +289,7 @@ async def test_5xx_forever_is_unavailable() -> None:
 async def test_4xx_is_not_retried(status: int, error: type[TiamatError]) -> None:
     store = make_store(recall_deadline=5.0)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/list").respond(status, json={"error": "nope"})
         with pytest.raises(error):
             await store.read(Scope(new_id()))
@@ -283,6 +300,7 @@ async def test_4xx_is_not_retried(status: int, error: type[TiamatError]) -> None
 async def test_timeouts_map_to_store_timeout() -> None:
     store = make_store(max_retries=1)
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         route = router.get("/api/memory/list").mock(side_effect=httpx.ReadTimeout("slow"))
         with pytest.raises(StoreTimeoutError) as info:
             await store.read(Scope(new_id()))
@@ -408,6 +426,7 @@ async def test_api_key_never_shows(fake: FakeTiamat, caplog: pytest.LogCaptureFi
     # A server that echoes the key in its error body must not leak it either.
     echo = make_store()
     with respx.mock(base_url=BASE) as router:
+        hosted(router)
         router.get("/api/memory/list").respond(401, text=f"bad key {KEY}")
         try:
             await echo.read(Scope(new_id()))
@@ -589,4 +608,6 @@ async def test_capabilities_follow_health(fake: FakeTiamat, store: TiamatCloudSt
     fake.extensions = ["delete", "list"]
     await store.refresh_capabilities()
     assert store.server_extensions == {"delete", "list"}
-    assert store.capabilities.can_delete is False  # extension endpoints are not defined yet
+    # "delete" is listed, but /health does not say "can_delete": true.
+    assert store.capabilities.can_delete is False
+    assert store.capabilities.neighbors is False  # no "read" extension

@@ -99,7 +99,11 @@ async def test_health_is_public_and_advertises_extensions(http: httpx.AsyncClien
 async def test_client_reads_extensions_from_health(client_a: TiamatCloudStore) -> None:
     await client_a.refresh_capabilities()
     assert {"delete", "sessions", "read"} <= client_a.server_extensions
-    assert client_a.capabilities.max_search_limit == 50
+    caps = client_a.capabilities
+    # The search extension's limit, not the hosted recall's 50; delete and cheap reads too.
+    assert caps.max_search_limit == 1000
+    assert caps.can_delete is True
+    assert caps.neighbors is True
 
 
 async def test_inspector_page_is_public_and_self_contained(http: httpx.AsyncClient) -> None:
