@@ -7,6 +7,7 @@ hooks' own counter and :func:`count_item_tokens` (what the budget is defined by)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -295,7 +296,7 @@ async def test_background_compaction_is_idempotent(
     assert len({s.key for s in again}) == len(again)
     # Level-0 summaries never overlap.
     ranges = sorted((s.meta["seq_from"], s.meta["seq_to"]) for s in again if s.meta["level"] == 0)
-    for (_, b), (c, _) in zip(ranges, ranges[1:]):
+    for (_, b), (c, _) in itertools.pairwise(ranges):
         assert c > b
     session.close()
 

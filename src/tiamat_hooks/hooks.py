@@ -222,6 +222,7 @@ class _RunState:
 
     run_id: str
     prepared: _Prepared | None = None
+    started: float = field(default_factory=time.monotonic)
     persisted: Counter[str] = field(default_factory=Counter)
     """Fingerprint -> occurrences of it this run already stored (or queued)."""
     next_pos: int = 0
@@ -848,8 +849,11 @@ class TiamatHooks(RunHooks[Any]):
     def _evict(self, ctx: RunContextWrapper[Any], agent: Any, turn_input: Sequence[Any]) -> None:
         user, session = self._ids(ctx)
         base = self._cache_key_base(user, session)
-        fps = [_fingerprint(to_jsonable(x)) for x in turn_input if not _is_framed(x)]
-        self._cache.pop(_cache_key(base, len(fps), _prefix_hashes(fps)[-1]), None)
+        # Every entry of this session under this trace: with an SDK Session a later run's input
+        # starts with an earlier run's, so a prefix match would hand it that run's recall (runs
+        # share a trace id when tracing is disabled or one trace() wraps several runs).
+        for key in [k for k in self._cache if k[:3] == base]:
+            del self._cache[key]
 
     async def _lookup_or_prepare(
         self,
@@ -866,8 +870,13 @@ class TiamatHooks(RunHooks[Any]):
         now = time.monotonic()
         # The filter runs before on_llm_start: on the first call both must agree on one recall.
         # Later calls of a run carry the run's original input as a prefix of their input.
-        for m in range(len(fps), 0, -1):
+        # The hooks ask once per run, on its first call: only this very input, prepared (by the
+        # filter) since the run started, is theirs.
+        shortest = 1 if state is None else len(fps)
+        for m in range(len(fps), shortest - 1, -1):
             hit = self._cache.get(_cache_key(base, m, prefixes[m]))
+            if state is not None and hit is not None and hit.created < state.started:
+                continue
             if hit is not None and now - hit.created < _CACHE_TTL:
                 self._cache.move_to_end(_cache_key(base, m, prefixes[m]))
                 return hit
