@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._render import clean_quoted, speaker_label
+from ._render import day as day_of
 from .errors import ConfigError, InvalidInputError, InvalidScopeError, SummarizationError
 from .items import item_role, item_text, to_jsonable
 from .models import MemoryRecord, Scope, make_record
@@ -167,28 +169,12 @@ _CUES = re.compile(
     r"schedule|scheduled|book|booked|due|follow up|next step|action item)\b",
     re.IGNORECASE,
 )
-_FRAME = re.compile(r"</?\s*(memory|transcript)\b[^>]*>?", re.IGNORECASE)
 _WS = re.compile(r"\s+")
-
-
-def _clean(text: str) -> str:
-    """Fold whitespace and defuse anything that could close our ``<memory>``/transcript frames."""
-    text = _WS.sub(" ", text).strip()
-    return _FRAME.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
 
 
 def _short(text: str, limit: int) -> str:
     text = _WS.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _label(record: MemoryRecord) -> str:
-    speaker = record.meta.get("speaker") if record.meta else None
-    if isinstance(speaker, str) and speaker.strip():
-        return _clean(speaker)[:40]
-    if record.kind == "summary":
-        return "summary"
-    return record.role or record.kind
 
 
 @dataclass
@@ -236,9 +222,9 @@ def _units(records: Sequence[MemoryRecord]) -> list[_Unit]:
             if rec.text.strip():
                 units.append(_Unit(len(units), "tool", _short(rec.text, 160), True, rec.created_at))
             continue
-        label = _label(rec)
+        label = speaker_label(rec)
         for sentence in _SENTENCE_SPLIT.split(rec.text):
-            sentence = _clean(sentence)
+            sentence = clean_quoted(sentence)
             if sentence:
                 units.append(_Unit(len(units), label, sentence, False, rec.created_at))
     return units
@@ -317,10 +303,6 @@ class ExtractiveSummarizer:
         return self.counter.truncate(text, max_tokens)
 
 
-def _day(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
-
-
 def transcript(records: Sequence[MemoryRecord], *, max_chars_per_line: int = 2000) -> str:
     """``speaker: text`` lines of ``records`` in order, dated when the day changes.
 
@@ -330,7 +312,7 @@ def transcript(records: Sequence[MemoryRecord], *, max_chars_per_line: int = 200
     last_day: str | None = None
     prev: str | None = None
     for u in _units(records):
-        day = _day(u.when) if u.when is not None else None
+        day = day_of(u.when) if u.when is not None else None
         if day is not None and day != last_day:
             lines.append(f"[{day}]")
             last_day, prev = day, None
@@ -810,7 +792,7 @@ def render_summary_item(summaries: Sequence[MemoryRecord]) -> dict[str, Any]:
     for s, r, first, last in zip(ordered, ranges, firsts, lasts, strict=True):
         lines.append(f"[{_span_text((r[0], r[1]) if r else None, first, last)}]")
         for line in s.text.splitlines():
-            cleaned = _clean(line)
+            cleaned = clean_quoted(line)
             if cleaned:
                 lines.append(f"> {cleaned}")
     lines.append("</memory>")
@@ -818,7 +800,7 @@ def render_summary_item(summaries: Sequence[MemoryRecord]) -> dict[str, Any]:
 
 
 def _span_text(seqs: tuple[int, int] | None, first: datetime, last: datetime) -> str:
-    days = _day(first) if _day(first) == _day(last) else f"{_day(first)} to {_day(last)}"
+    days = day_of(first) if day_of(first) == day_of(last) else f"{day_of(first)} to {day_of(last)}"
     return f"turns {seqs[0]}–{seqs[1]}, {days}" if seqs else days
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._render import clean_quoted, day
 from .errors import FactExtractionError, InvalidInputError
 from .models import MemoryRecord, Scope, make_record, utcnow
 from .stores.base import MemoryStore
@@ -83,7 +84,6 @@ PREDICATE_ALIASES: dict[str, str] = {
 
 
 _WS = re.compile(r"\s+")
-_FRAME = re.compile(r"</?\s*memory\b[^>]*>?", re.IGNORECASE)
 
 
 def normalise(text: str) -> str:
@@ -357,9 +357,7 @@ async def relevant_fact_lines(
         if rec.meta.get("note"):
             if rec.id not in seen:
                 seen.add(rec.id)
-                day = rec.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d")
-                text = _FRAME.sub(lambda m: m.group(0).replace("<", "‹"), _WS.sub(" ", rec.text))
-                lines.append(f"{text.strip()} (noted {day})")
+                lines.append(f"{clean_quoted(rec.text)} (noted {day(rec.created_at)})")
             continue
         fact = _fact_of(rec)
         if fact is None:
@@ -411,9 +409,7 @@ def render_fact(fact: Fact) -> str:
         when = f"{start} to {fact.valid_to.astimezone(timezone.utc).strftime('%Y-%m-%d')}"
     if fact.confidence < 1.0:
         when += f", confidence {fact.confidence:.2g}"
-    text = _WS.sub(" ", f"{fact.subject} {fact.predicate} {fact.object}").strip()
-    text = _FRAME.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
-    return f"{text} ({when})"
+    return f"{clean_quoted(f'{fact.subject} {fact.predicate} {fact.object}')} ({when})"
 
 
 # -- optional extraction with a model -------------------------------------------------------

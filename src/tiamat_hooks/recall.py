@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
+from ._render import clean_quoted, day, speaker_label
 from .errors import ConfigError
 from .models import MemoryRecord, RecordKind, Scope, SearchHit, utcnow
 from .stores.base import MemoryStore
@@ -114,29 +114,6 @@ class RecallResult:
         return not self.block
 
 
-_WS = re.compile(r"\s+")
-_FRAME = re.compile(r"</?\s*memory\b[^>]*>?", re.IGNORECASE)
-
-
-def _clean(text: str) -> str:
-    """Fold whitespace to single spaces and defuse anything that looks like our frame tags."""
-    text = _WS.sub(" ", text).strip()
-    return _FRAME.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
-
-
-def _label(record: MemoryRecord) -> str:
-    speaker = record.meta.get("speaker") if record.meta else None
-    if isinstance(speaker, str) and speaker.strip():
-        return _clean(speaker)[:40]
-    if record.kind == "summary":
-        return "summary"
-    return record.role or record.kind
-
-
-def _day(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
-
-
 def _ago(then: datetime, now: datetime) -> str:
     days = (now - then).days
     if days < 0:
@@ -184,10 +161,10 @@ def render_block(
         items.sort(key=lambda s: (s.record.seq or 0, s.record.created_at, s.span or (0, 0)))
         when = first_time(items)
         ago = _ago(when, now)
-        title = f"[{_day(when)}{', ' + ago if ago else ''}]"
+        title = f"[{day(when)}{', ' + ago if ago else ''}]"
         lines.append(title)
         for s in items:
-            lines.append(f"> {_label(s.record)}: {s.text}")
+            lines.append(f"> {speaker_label(s.record)}: {s.text}")
     lines.append("</memory>")
     return "\n".join(lines)
 
@@ -241,7 +218,7 @@ class Recaller:
         query = self.build_query(message, context)
         if budget <= 0 or not query_terms(query):
             return RecallResult("", 0, (), query, (time.perf_counter() - started) * 1000)
-        fact_lines = [f for f in (_clean(x) for x in facts) if f]
+        fact_lines = [f for f in (clean_quoted(x) for x in facts) if f]
         # Facts go first, but take at most half the budget so excerpts still fit.
         cap = max(budget // 2, self._frame_tokens(now, ()))
         while fact_lines and self._frame_tokens(now, fact_lines) > cap:
@@ -424,10 +401,10 @@ class Recaller:
             if u.cost * 0.6 + extra > remaining:  # cannot fit even if the estimate is generous
                 continue
             s, e = u.span if u.span is not None else (0, len(u.record.text))
-            u.text = _clean(u.record.text[s:e])
+            u.text = clean_quoted(u.record.text[s:e])
             if not u.text:
                 continue
-            cost = count(f"> {_label(u.record)}: {u.text}\n") + extra
+            cost = count(f"> {speaker_label(u.record)}: {u.text}\n") + extra
             if cost > remaining:
                 continue
             chosen.append(u)
