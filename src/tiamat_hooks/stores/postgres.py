@@ -712,17 +712,22 @@ class PostgresMemoryStore:
         params.append([sid or "" for sid, _ in pairs])
         params.append([seq - radius for _, seq in pairs])
         params.append([seq + radius for _, seq in pairs])
+        # A LATERAL lookup per window walks the (user_id, session_id, seq) index directly. An
+        # IN (semi-join) form was planned as a nested loop over the user's records whenever
+        # table statistics were missing, which made recall quadratic in the user's history.
         sql = (
-            f"SELECT {_COLUMNS} FROM {self._s}.records r WHERE {where} AND r.kind = 'turn' "
-            f"AND r.rowid IN (SELECT t.rowid FROM unnest(${n + 1}::text[], ${n + 2}::bigint[], "
-            f"${n + 3}::bigint[]) AS w(sid, lo, hi) JOIN {self._s}.records t "
-            "ON t.user_id = $1 AND t.session_id = w.sid AND t.kind = 'turn' "
-            "AND t.seq BETWEEN w.lo AND w.hi) "
-            'ORDER BY r.session_id COLLATE "C", r.seq'
+            f"SELECT {_COLUMNS} FROM unnest(${n + 1}::text[], ${n + 2}::bigint[], "
+            f"${n + 3}::bigint[]) AS w(sid, lo, hi) CROSS JOIN LATERAL ("
+            f"SELECT * FROM {self._s}.records r WHERE {where} AND r.session_id = w.sid "
+            "AND r.kind = 'turn' AND r.seq BETWEEN w.lo AND w.hi) AS r"
         )
         async with self._connection() as conn:
             rows = await conn.fetch(sql, *params)
-        return [_row_to_record(row) for row in rows]
+        # Windows may overlap: keep each record once. Python's str order is code-point order,
+        # the same as the "C" collation the other reads sort by.
+        unique = {row["rowid"]: row for row in rows}
+        ordered = sorted(unique.values(), key=lambda row: (row["session_id"], row["seq"]))
+        return [_row_to_record(row) for row in ordered]
 
     async def list_sessions(self, user_id: str) -> list[SessionInfo]:
         """The user's sessions, oldest first. ``last_seq`` is 0 for a session without seqs."""
