@@ -34,6 +34,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 from ..models import (
+    RECORD_KINDS,
     MemoryRecord,
     RecordKind,
     Scope,
@@ -328,17 +329,21 @@ class SQLiteMemoryStore:
         # Every term is letters/digits only (query_terms guarantees it) and double-quoted, so no
         # user text is ever parsed as FTS5 syntax.
         words = " OR ".join(f'"{t}"' for t in terms)
+        scope_match = "scope : (" + " AND ".join(f'"{t}"' for t in scope_q) + ")"
         kind_q = " OR ".join(f'"{_tok("k", scope.user_id + chr(31) + k)}"' for k in kinds)
-        match = (
-            "scope : (" + " AND ".join(f'"{t}"' for t in scope_q) + f") AND scope : ({kind_q})"
-            f" AND {{body context}} : ({words})"
-        )
+        kind_set = set(kinds)
+        # The user token is selective; OR-ing the per-user kind tokens into the match costs more
+        # than it saves when turns are wanted (turns are nearly every unit), so then kinds are
+        # filtered afterwards, with the kind-filtered match as a fallback when that comes up
+        # short. Without turns (summaries, facts: few units), the kind tokens lead the match.
+        filtered = f"{scope_match} AND scope : ({kind_q}) AND {{body context}} : ({words})"
+        plain = f"{scope_match} AND {{body context}} : ({words})"
         sql = (
             f"SELECT u.rowid, u.span, {_BM25} AS score FROM units u WHERE units MATCH ? "
             "ORDER BY score LIMIT ?"
         )
 
-        def run(conn: sqlite3.Connection) -> list[SearchHit]:
+        def collect(conn: sqlite3.Connection, match: str) -> tuple[list[SearchHit], bool]:
             # Over-fetch units: several units of one record collapse into one hit.
             rows = conn.execute(sql, (match, limit * 3)).fetchall()
             best: dict[int, tuple[float, str | None]] = {}
@@ -346,19 +351,22 @@ class SQLiteMemoryStore:
                 rec_rowid = unit_rowid // UNITS_PER_RECORD
                 if rec_rowid not in best:
                     best[rec_rowid] = (-score, span)
-                if len(best) >= limit:
-                    break
-            if not best:
-                return []
-            recs = _fetch_by_rowid(conn, list(best))
+            recs = _fetch_by_rowid(conn, list(best)) if best else {}
             hits = []
             for rowid, (score, span) in best.items():
                 rec = recs.get(rowid)
-                if rec is None:
+                if rec is None or rec.kind not in kind_set:
                     continue
-                parsed = _parse_span(span, len(rec.text))
-                hits.append(SearchHit(rec, score, parsed))
+                hits.append(SearchHit(rec, score, _parse_span(span, len(rec.text))))
             hits.sort(key=lambda h: -h.score)
+            return hits[:limit], len(rows) == limit * 3
+
+        def run(conn: sqlite3.Connection) -> list[SearchHit]:
+            if "turn" not in kind_set or kind_set >= set(RECORD_KINDS):
+                return collect(conn, filtered if "turn" not in kind_set else plain)[0]
+            hits, more = collect(conn, plain)
+            if len(hits) < limit and more:
+                hits = collect(conn, filtered)[0]
             return hits
 
         return await self._run(run)
