@@ -260,7 +260,7 @@ def test_bench_latency_small(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    report = json.loads(out.read_text())
+    (report,) = json.loads(out.read_text())
     assert [p["turns"] for p in report["points"]] == [200, 600]
     for p in report["points"]:
         assert p["persist_turns_per_s"] > 0
