@@ -175,12 +175,23 @@ async def _server_factory(tmp_path: Path) -> MemoryStore:
     return store
 
 
+# -- the redacting wrapper (tiamat_hooks.redaction) over SQLite -------------------------------
+
+
+async def _redacting_factory(tmp_path: Path) -> MemoryStore:
+    from tiamat_hooks.redaction import RedactingStore
+
+    # The contract's records hold no secrets, so the wrapper must pass the contract unchanged.
+    return RedactingStore(SQLiteMemoryStore(tmp_path / "memory.db"))
+
+
 # Every backend registers a factory here; the contract suite runs once per entry.
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "sqlite": _sqlite_factory,
     "postgres": _postgres_factory,
     "cloud": _cloud_factory,
     "server": _server_factory,
+    "redacting": _redacting_factory,
 }
 # Marks for a backend's parameter of the ``store`` fixture (select with ``-m "not postgres"``).
 STORE_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {"postgres": (pytest.mark.postgres,)}
@@ -196,3 +207,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The reliability suite (faults, crashes, fuzzing, isolation, injection, redaction):
+    # ``pytest -m reliability`` runs just it.
+    config.addinivalue_line(
+        "markers", "reliability: the reliability and security suite (pytest -m reliability)"
+    )

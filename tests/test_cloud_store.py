@@ -452,7 +452,8 @@ async def test_from_url_takes_key_from_userinfo_option_or_env(
     assert KEY not in repr(s)
     await s.close()
     monkeypatch.setenv("TIAMAT_API_KEY", KEY)
-    opened = open_store("https://tiamat.test", outbox=":memory:")
+    # Remote stores are wrapped in a redactor by default; redact=False gives the client itself.
+    opened = open_store("https://tiamat.test", outbox=":memory:", redact=False)
     assert isinstance(opened, TiamatCloudStore)
     s = opened
     with respx.mock(base_url="https://tiamat.test") as router:

@@ -143,5 +143,11 @@ def test_order_follows_the_results_and_scores_are_kept() -> None:
 def test_encode_rejects_what_cannot_travel() -> None:
     with pytest.raises(InvalidRecordError):
         envelope.encode({"text": "x"})  # type: ignore[arg-type]
+    # Records sanitise lone surrogates when built, so what reaches encode can always travel...
+    clean = make_record(user_id="u", text="lone \ud800 surrogate")
+    assert clean.text == "lone \ufffd surrogate"
+    assert envelope.encode(clean)
+    # ...and one that bypassed validation is still refused before anything is sent.
+    raw = clean.model_copy(update={"text": "lone \ud800 surrogate"})
     with pytest.raises(InvalidRecordError):
-        envelope.encode(make_record(user_id="u", text="lone \ud800 surrogate"))
+        envelope.encode(raw)

@@ -7,11 +7,12 @@ Every command catches :class:`~tiamat_hooks.errors.TiamatError` once, prints
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -291,11 +292,21 @@ def forget(
     store: StoreOption = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete everything stored for USER: turns, summaries, facts."""
+    """Delete everything stored for USER: turns, summaries, facts, and writes still queued.
+
+    A store with a local queue of unsent writes (a TIAMAT store's outbox) has that queue
+    dropped first, so a later replay cannot bring the user back even when deleting on the
+    service then fails (or the service cannot delete: exit 1, the error says so).
+    """
     if not yes and not typer.confirm(f"Delete all memory of user {user!r}?"):
         raise typer.Exit(1)
 
     async def go(s: MemoryStore) -> None:
+        # Optional capability, found by structure: only queueing stores have it.
+        forget_queued = getattr(s, "forget_queued", None)
+        if callable(forget_queued):
+            dropped: int = await forget_queued(user)
+            console.print(f"dropped {dropped} queued write(s) of {user!r}")
         removed = await s.delete(Scope(user))
         console.print(f"removed {removed} records of {user!r}")
 
@@ -375,6 +386,95 @@ def bench_recall(
             from .bench.plots import plot_recall
 
             plot_recall(report, plot)
+
+    _run(go())
+
+
+@bench_app.command("compaction")
+def bench_compaction(
+    file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    limit_conversations: Annotated[
+        int | None,
+        typer.Option(help="Replay only the first N conversations (0: all).", min=0),
+    ] = 3,
+    max_questions: Annotated[
+        int | None,
+        typer.Option(help="Ask at most N questions per conversation (0: all).", min=0),
+    ] = 20,
+    context_budget: Annotated[int, typer.Option(help="Model-input budget (tokens).", min=1)] = 1536,
+    token_budget: Annotated[int, typer.Option(help="Recall block budget (tokens).", min=0)] = 1024,
+    compact_after: Annotated[
+        int, typer.Option(help="compact_after_tokens of the hooks.", min=8)
+    ] = 512,
+) -> None:
+    """Replay each conversation as one long session, hooks + compaction on vs off."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .bench.compaction import run_compaction_bench, total_steps
+    from .bench.dataset import load_dataset
+
+    convs = limit_conversations or None
+    questions = max_questions or None
+
+    async def go() -> None:
+        data = load_dataset(file)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task(data.name, total=total_steps(data, convs, questions))
+            report = await run_compaction_bench(
+                data,
+                limit_conversations=convs,
+                max_questions=questions,
+                context_budget=context_budget,
+                token_budget=token_budget,
+                compact_after_tokens=compact_after,
+                progress=lambda n: bar.advance(task, n),
+            )
+        on, off = report.on.summary(), report.off.summary()
+        table = Table(
+            title=f"{report.dataset}: compaction (context_budget {context_budget}, "
+            f"recall {token_budget}, compact after {compact_after})"
+        )
+        for col in ("", "off", "on", "on/off"):
+            table.add_column(col, justify="right" if col else "left")
+        for label, key in (
+            ("replay calls", "replay_tokens"),
+            ("question calls", "question_tokens"),
+        ):
+            ratio = report.replay_ratio if key == "replay_tokens" else report.question_ratio
+            table.add_row(
+                f"{label}: tokens mean / p95",
+                f"{off[key]['mean']:.0f} / {off[key]['p95']:.0f}",
+                f"{on[key]['mean']:.0f} / {on[key]['p95']:.0f}",
+                f"{ratio:.3f}",
+            )
+        table.add_row(
+            "evidence visible",
+            f"{off['evidence_visible']:.3f}",
+            f"{on['evidence_visible']:.3f}",
+            "",
+        )
+        table.add_row("seconds", f"{off['seconds']:.0f}", f"{on['seconds']:.0f}", "")
+        console.print(table)
+        console.print(
+            f"{report.conversations} of {report.conversations_total} conversations, "
+            f"{report.questions} of {report.questions_total} questions"
+            + (
+                " (limited: --limit-conversations 0 --max-questions 0 for all)"
+                if report.limited
+                else ""
+            )
+            + f"; hooks: {on['stats']}"
+        )
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
 
     _run(go())
 
@@ -495,8 +595,11 @@ def keys_revoke(
 @bench_app.command("latency")
 def bench_latency(
     store: Annotated[
-        str, typer.Option(help="Store URL to grow and measure (use a scratch database).")
-    ] = "sqlite:///bench-out/latency.db",
+        list[str] | None,
+        typer.Option(
+            help="Store URL to grow and measure (a scratch database); repeat to compare stores."
+        ),
+    ] = None,
     sizes: Annotated[str, typer.Option(help="Checkpoint sizes in stored turns.")] = (
         "10000,100000,1000000"
     ),
@@ -511,6 +614,7 @@ def bench_latency(
     from .bench.latency import run_latency_bench
 
     checkpoints = _budgets(sizes)
+    stores = store or ["sqlite:///bench-out/latency.db"]
 
     async def go() -> None:
         with Progress(
@@ -520,34 +624,367 @@ def bench_latency(
             TimeElapsedColumn(),
             console=err_console,
         ) as bar:
-            task = bar.add_task("turns written", total=max(checkpoints))
-            report = await run_latency_bench(
-                store,
-                sizes=checkpoints,
-                users=users,
-                queries=queries,
-                progress=lambda n: bar.advance(task, n),
-            )
-        table = Table(title=f"latency: {report.store} ({report.users} users)")
-        for col in ("stored turns", "persist turns/s", "search p50/p95 ms", "recall p50/p95 ms"):
+            reports = []
+            for url in stores:
+                task = bar.add_task(f"turns written: {url.split('@')[-1]}", total=max(checkpoints))
+                reports.append(
+                    await run_latency_bench(
+                        url,
+                        sizes=checkpoints,
+                        users=users,
+                        queries=queries,
+                        progress=functools.partial(bar.advance, task),
+                    )
+                )
+        table = Table(title=f"store latency ({users} users)")
+        for col in (
+            "store",
+            "stored turns",
+            "persist turns/s",
+            "search p50/p95 ms",
+            "recall p50/p95 ms",
+        ):
             table.add_column(col, justify="right")
-        for p in report.points:
-            table.add_row(
-                f"{p.turns:,}",
-                f"{p.persist_turns_per_s:,.0f}",
-                f"{p.search_ms['p50']:.2f} / {p.search_ms['p95']:.2f}",
-                f"{p.recall_ms['p50']:.2f} / {p.recall_ms['p95']:.2f}",
-            )
+        for report in reports:
+            for p in report.points:
+                table.add_row(
+                    report.store,
+                    f"{p.turns:,}",
+                    f"{p.persist_turns_per_s:,.0f}",
+                    f"{p.search_ms['p50']:.2f} / {p.search_ms['p95']:.2f}",
+                    f"{p.recall_ms['p50']:.2f} / {p.recall_ms['p95']:.2f}",
+                )
         console.print(table)
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+            data = [r.as_json() for r in reports]
+            json_out.write_text(json.dumps(data, indent=2) + "\n")
         if plot is not None:
             from .bench.plots import plot_latency
 
-            plot_latency([report], plot)
+            plot_latency(reports, plot)
 
     _run(go())
+
+
+@bench_app.command("stress")
+def bench_stress(
+    store: Annotated[
+        str, typer.Option(help="Store URL every worker process opens (use a scratch database).")
+    ] = "sqlite:///bench-out/stress.db",
+    workers: Annotated[int, typer.Option(min=1, help="OS processes writing at once.")] = 8,
+    runs: Annotated[int, typer.Option(min=1, help="Runs (or add batches) per worker.")] = 200,
+    users: Annotated[int, typer.Option(min=1, help="Users the runs are spread over.")] = 4,
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions per user.")] = 3,
+    mode: Annotated[
+        Literal["runs", "adds"],
+        typer.Option(help="runs: Runner.run with TiamatHooks; adds: store.add batches."),
+    ] = "runs",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds before unfinished workers are terminated.")
+    ] = 1800,
+) -> None:
+    """Many processes write to one store at once; then check nothing was lost or doubled.
+
+    Exits 1 when a worker failed (e.g. "database is locked") or the check finds a problem.
+    """
+    import time
+    import uuid
+
+    from .bench.stress import run_workers, verify, verify_runs
+
+    prefix = f"stress-{uuid.uuid4().hex[:8]}"  # a fresh set of users: the store may be reused
+    started = time.perf_counter()
+    reports = run_workers(
+        store,
+        workers=workers,
+        runs=runs,
+        users=users,
+        sessions=sessions,
+        prefix=prefix,
+        mode=mode,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - started
+    check = verify_runs if mode == "runs" else verify
+    problems = _run(check(store, workers, runs, users, sessions, prefix=prefix))
+    errors = [f"worker {r.worker}: {e}" for r in reports for e in r.errors]
+    written = sum(r.records for r in reports)
+    busy = max(r.seconds for r in reports)  # the overlapping part, without process start-up
+
+    title = f"stress ({mode}): {workers} workers x {runs} on {store}"
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("turns written" if mode == "runs" else "records written", f"{written:,}")
+    table.add_row("duration s (writing / wall)", f"{busy:.2f} / {wall:.2f}")
+    table.add_row(
+        "turns/s" if mode == "runs" else "records/s", f"{written / busy:,.0f}" if busy else "-"
+    )
+    table.add_row("worker errors", str(len(errors)))
+    table.add_row("problems found", str(len(problems)))
+    console.print(table)
+    for line in (errors + problems)[:20]:
+        err_console.print(line, markup=False, highlight=False)
+    if len(errors) + len(problems) > 20:
+        err_console.print(f"... and {len(errors) + len(problems) - 20} more")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "store": store,
+            "mode": mode,
+            "workers": workers,
+            "runs": runs,
+            "users": users,
+            "sessions": sessions,
+            "prefix": prefix,
+            "timeout": timeout,
+            "written": written,
+            "seconds_writing": busy,
+            "seconds_wall": wall,
+            "per_second": written / busy if busy else None,
+            "reports": [
+                {
+                    "worker": r.worker,
+                    "runs": r.runs,
+                    "adds": r.adds,
+                    "records": r.records,
+                    "seconds": r.seconds,
+                    "errors": r.errors,
+                }
+                for r in reports
+            ],
+            "problems": problems,
+        }
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    if errors or problems:
+        raise typer.Exit(1)
+
+
+# -- the outbox of a remote store ---------------------------------------------------------------
+
+outbox_app = typer.Typer(
+    help="Writes a TIAMAT store (https://...) queued while the service was away.",
+    no_args_is_help=True,
+)
+app.add_typer(outbox_app, name="outbox")
+
+RemoteStoreOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        help="TIAMAT URL, https://[KEY@]host[/prefix]; the key may come from $TIAMAT_API_KEY "
+        "instead. The outbox is the one that store uses by default (a file in the user data "
+        "directory named after the URL and key), unless --outbox names another.",
+    ),
+]
+OutboxOption = Annotated[
+    Path | None,
+    typer.Option("--outbox", help="Outbox file, when the application was given one explicitly."),
+]
+
+
+if TYPE_CHECKING:
+    from .stores.cloud import TiamatCloudStore
+
+
+def _open_remote(url: str, outbox: Path | None) -> TiamatCloudStore:
+    from .stores.cloud import TiamatCloudStore
+
+    if not url.lower().startswith(("http://", "https://")):
+        raise InvalidInputError(f"only TIAMAT stores (http(s)://...) have an outbox, not {url!r}")
+    options: dict[str, Any] = {} if outbox is None else {"outbox": outbox}
+    return TiamatCloudStore.from_url(url, **options)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@outbox_app.command("status")
+def outbox_status(store: RemoteStoreOption, outbox: OutboxOption = None) -> None:
+    """What waits in the outbox: queued writes, the oldest one's age, and each user's share.
+
+    Reads only the local outbox file; the service is not contacted.
+    """
+    from datetime import datetime, timezone
+
+    async def go() -> None:
+        s = _open_remote(store, outbox)
+        try:
+            status = await s.outbox_status()
+            users = await s.outbox.users()
+        finally:
+            await s.close()
+        console.print(
+            f"{status.pending} queued write(s) for {status.users} user(s); "
+            f"oldest {_age(status.oldest_age_seconds)} ago; {status.dead} rejected for good"
+        )
+        if status.last_error:
+            console.print(f"last error: {status.last_error}", markup=False, highlight=False)
+        if users:
+            now = datetime.now(timezone.utc)
+            table = Table("user", "queued", "oldest")
+            for u in users:
+                age = (now - u.oldest_enqueued_at).total_seconds()
+                table.add_row(u.user_id, str(u.pending), _age(max(0.0, age)))
+            console.print(table)
+
+    _run(go())
+
+
+@outbox_app.command("flush")
+def outbox_flush(store: RemoteStoreOption, outbox: OutboxOption = None) -> None:
+    """Deliver queued writes now. Prints delivered/remaining; exits 1 if any remain queued."""
+    from .errors import QuotaExceededError, StoreTimeoutError, StoreUnavailableError
+
+    async def go() -> tuple[int, int, int]:
+        s = _open_remote(store, outbox)
+        try:
+            before = await s.outbox_status()
+            try:
+                await s.flush()
+            except (StoreUnavailableError, StoreTimeoutError, QuotaExceededError) as exc:
+                # Still away: report what got through before the failure, then the error.
+                err_console.print(
+                    f"[red]{type(exc).__name__}[/red]: {exc}", markup=True, highlight=False
+                )
+            after = await s.outbox_status()
+        finally:
+            await s.close()
+        rejected = after.dead - before.dead
+        return before.pending - after.pending - rejected, after.pending, rejected
+
+    delivered, remaining, rejected = _run(go())
+    console.print(f"delivered {delivered}, remaining {remaining}")
+    if rejected:
+        err_console.print(f"{rejected} write(s) rejected by the service for good (dead letters)")
+    if remaining:
+        raise typer.Exit(1)
+
+
+# -- reliability: faults, crashes, retention (tiamat_hooks.bench.faults / .crash, .retention) --
+
+
+@bench_app.command("faults")
+def bench_faults(
+    runs: Annotated[int, typer.Option(help="Runner.run calls per mode.")] = 1000,
+    mode: Annotated[
+        str, typer.Option(help="server (real serve + TCP fault proxy + SIGKILL), respx, or both.")
+    ] = "both",
+    rate: Annotated[float, typer.Option(help="Share of connections/requests given a fault.")] = 0.3,
+    restart_every: Annotated[int, typer.Option(help="Server SIGKILL+restart period (runs).")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+) -> None:
+    """Agent runs against a failing memory service: 0 failed runs, 0 lost writes expected."""
+    from .bench.faults import run_fault_bench
+
+    modes = ["server", "respx"] if mode == "both" else [mode]
+    if any(m not in ("server", "respx") for m in modes) or runs < 1:
+        raise InvalidInputError("--mode is server, respx or both; --runs is at least 1")
+
+    async def go() -> list[dict[str, Any]]:
+        out = []
+        for m in modes:
+            rep = await run_fault_bench(
+                runs,
+                mode="server" if m == "server" else "respx",
+                rate=rate,
+                restart_every=restart_every,
+            )
+            out.append(rep.as_dict())
+            console.print(
+                f"{m}: runs {rep.runs}, failed {rep.runs_failed}, turns {rep.expected_turns}, "
+                f"lost {rep.lost}, duplicates {rep.duplicates}, still queued "
+                f"{rep.queued_after_replay}, restarts {rep.restarts}, faults {rep.faults}, "
+                f"retries {rep.retries}, {rep.seconds:.0f}s"
+            )
+        return out
+
+    figures = _run(go())
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2))
+    if not all(f["ok"] for f in figures):
+        raise typer.Exit(1)
+
+
+@bench_app.command("crash")
+def bench_crash(
+    store: StoreOption = None,
+    rounds: Annotated[int, typer.Option(help="Writer processes SIGKILLed mid-persist.")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+) -> None:
+    """SIGKILL a writer mid-persist ROUNDS times; check integrity and every acknowledged write."""
+    from .bench.crash import run_crash_bench
+
+    url = store or default_store_url()
+    report = _run(run_crash_bench(url, rounds))
+    console.print(
+        f"{url}: rounds {report.rounds}, killed {report.killed}, acked {report.acked}, "
+        f"lost {report.lost}, seq errors {report.seq_errors}, "
+        f"integrity problems {len(report.integrity_problems)}, {report.seconds:.0f}s",
+        markup=False,
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=2))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@bench_app.command("reliability")
+def bench_reliability(
+    full: Annotated[
+        bool, typer.Option("--full", help="Full sizes (1,000 runs, 100 kills).")
+    ] = False,
+    postgres: Annotated[
+        str | None, typer.Option(help="Also crash-test this postgresql:// URL.")
+    ] = None,
+) -> None:
+    """The whole reliability suite: pytest -m reliability, then the fault and crash benches."""
+    import subprocess
+    import tempfile
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "reliability", "-q"], check=False)
+    failed = done.returncode != 0
+    runs, rounds = (1000, 100) if full else (50, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            bench_faults(runs=runs, mode="both", rate=0.3, restart_every=max(10, runs // 10))
+        except typer.Exit as exc:
+            failed = failed or exc.exit_code != 0
+        urls = [f"sqlite:///{Path(tmp) / 'crash.db'}", *([postgres] if postgres else [])]
+        for url in urls:
+            try:
+                bench_crash(store=url, rounds=rounds)
+            except typer.Exit as exc:
+                failed = failed or exc.exit_code != 0
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def expire(
+    user: UserOption,
+    older_than: Annotated[str, typer.Option("--older-than", help="Age, e.g. 30d, 12h, 2w.")],
+    store: StoreOption = None,
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+) -> None:
+    """Delete USER's records (every kind) older than --older-than, on stores that can delete."""
+    from .retention import expire as expire_records
+    from .retention import parse_age
+
+    async def go(s: MemoryStore) -> None:
+        age = parse_age(older_than)
+        removed = await expire_records(s, Scope(user, session_id=session), age)
+        console.print(f"removed {removed} records of {user!r} older than {older_than}")
+
+    _run(_with_store(store, go))
 
 
 def main() -> None:

@@ -123,6 +123,7 @@ from .facts import FactExtractor, learn, relevant_fact_lines
 from .items import item_role, item_text, item_to_record, to_jsonable
 from .models import MemoryRecord, Scope
 from .recall import RecallConfig, Recaller, RecallResult
+from .redaction import redact_json
 from .stores import MemoryStore, open_store
 from .tokens import TokenCounter
 from .tools import memory_tools
@@ -432,6 +433,14 @@ class TiamatHooks(RunHooks[Any]):
             raise ConfigError("user_id must be a string or a callable of the run context")
         if role not in ("user", "developer", "system"):
             raise ConfigError(f"role must be 'user', 'developer' or 'system', got {role!r}")
+        for name, value in (
+            ("token_budget", token_budget),
+            ("top_k", top_k),
+            ("context_budget", context_budget),
+            ("compact_after_tokens", compact_after_tokens),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be an integer or None, got {value!r}")
         if context_budget is not None and context_budget <= 0:
             raise ConfigError("context_budget must be a positive number of tokens or None")
         if compact_after_tokens is not None and compact_after_tokens < 8:
@@ -444,9 +453,13 @@ class TiamatHooks(RunHooks[Any]):
         elif store is None:
             self.store = open_store(None)
             self._owns_store = True
-        else:
+        elif isinstance(store, MemoryStore):
             self.store = store
             self._owns_store = False
+        else:
+            raise ConfigError(
+                f"store must be a MemoryStore, a store URL or None, got {type(store).__name__}"
+            )
         config = recall_config or RecallConfig()
         overrides: dict[str, Any] = {}
         if token_budget is not None:
@@ -544,6 +557,17 @@ class TiamatHooks(RunHooks[Any]):
                 counter=self.counter,
             )
         return self._compactors[key]
+
+    def _fp(self, data: Mapping[str, Any]) -> str:
+        """Fingerprint of an incoming item as the store will keep it.
+
+        A redacting store stores redacted text; fingerprinting the redacted form lets replayed
+        history still match what was stored (otherwise every run would store it again).
+        """
+        redactor = getattr(self.store, "redactor", None)
+        if redactor is not None and callable(getattr(redactor, "redact", None)):
+            data = redact_json(dict(data), redactor)
+        return _fingerprint(data)
 
     def tools(self, *, include_learn_fact: bool = True) -> list[FunctionTool]:
         """Memory function tools bound to each run's scope: ``search_memory(query)``,
@@ -758,7 +782,7 @@ class TiamatHooks(RunHooks[Any]):
             fresh = []
             for out in response.output:
                 data = to_jsonable(out)
-                fp = _fingerprint(data)
+                fp = self._fp(data)
                 state.persisted[fp] += 1
                 fresh.append(data)
             await self._persist(state, context, agent, fresh)
@@ -782,7 +806,7 @@ class TiamatHooks(RunHooks[Any]):
                 "call_id": call_id,
                 "output": result if isinstance(result, str) else str(result),
             }
-            fp = _fingerprint(data)
+            fp = self._fp(data)
             if state.persisted[fp] == 0:
                 state.persisted[fp] += 1
                 await self._persist(state, context, agent, [data])
@@ -864,7 +888,7 @@ class TiamatHooks(RunHooks[Any]):
     ) -> _Prepared:
         user, session = self._ids(ctx)
         clean = [to_jsonable(x) for x in items if not _is_framed(x)]
-        fps = [_fingerprint(x) for x in clean]
+        fps = [self._fp(x) for x in clean]
         prefixes = _prefix_hashes(fps)
         base = self._cache_key_base(user, session)
         now = time.monotonic()
@@ -997,7 +1021,7 @@ class TiamatHooks(RunHooks[Any]):
             seq_of=prepared.seq_of,
             counter=self.counter,
         )
-        visible = {_fingerprint(to_jsonable(x)) for x in pre.items if not _is_framed(x)}
+        visible = {self._fp(to_jsonable(x)) for x in pre.items if not _is_framed(x)}
         if not pre.fits:
             budget = max(0, self.context_budget - pre.tokens_after - ITEM_OVERHEAD_TOKENS)
         return budget, visible
@@ -1205,7 +1229,7 @@ class TiamatHooks(RunHooks[Any]):
         seen: Counter[str] = Counter()
         fresh = []
         for data in clean[prepared.history_len :]:
-            fp = _fingerprint(data)
+            fp = self._fp(data)
             seen[fp] += 1
             if seen[fp] > state.persisted[fp]:
                 state.persisted[fp] += 1

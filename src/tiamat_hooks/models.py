@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +56,41 @@ MAX_TEXT_CHARS = 1_000_000
 def utcnow() -> datetime:
     """Timezone-aware now in UTC."""
     return datetime.now(timezone.utc)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_str(value: str, *, drop_nul: bool = True) -> str:
+    """Replace lone surrogates (not encodable as UTF-8) with U+FFFD; drop NUL bytes if asked."""
+    if drop_nul and "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # In a Python str every surrogate code point is a lone one (pairs are one code point).
+        value = _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def clean_json(value: Any) -> Any:
+    """``value`` made storable as strict JSON by every backend.
+
+    Lone surrogates in strings become U+FFFD (NUL bytes are kept: JSON escapes them, and the
+    original item must survive); non-finite floats (``inf``, ``nan``) become ``None``; tuples
+    become lists; dict keys become strings. Anything else non-JSON is ``str()``-ed.
+    """
+    if isinstance(value, str):
+        return _clean_str(value, drop_nul=False)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_clean_str(str(k), drop_nul=False): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return _clean_str(str(value), drop_nul=False)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -130,10 +167,30 @@ class MemoryRecord(BaseModel):
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        if "\x00" in v:
-            v = v.replace("\x00", "")
+        v = _clean_str(v)
         if len(v) > MAX_TEXT_CHARS:
             raise ValueError(f"text is longer than {MAX_TEXT_CHARS} characters")
+        return v
+
+    @field_validator("item", "meta")
+    @classmethod
+    def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        cleaned: dict[str, Any] = clean_json(v)
+        return cleaned
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        return None if v is None else _clean_str(v)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        # A key is an identity: silently changing it could merge two records into one.
+        if "\x00" in v or _clean_str(v) != v:
+            raise ValueError("key must not contain NUL bytes or lone surrogates")
         return v
 
     @field_validator("created_at")

@@ -28,7 +28,7 @@ from datetime import datetime
 
 from ._render import clean_quoted, day, speaker_label
 from .errors import ConfigError
-from .models import MemoryRecord, RecordKind, Scope, SearchHit, utcnow
+from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
 from .stores.base import MemoryStore
 from .text import query_terms, sentence_windows
 from .tokens import TokenCounter
@@ -72,12 +72,27 @@ class RecallConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.budget < 0:
-            raise ConfigError("budget must be >= 0")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError("top_k must be >= 1 or None")
-        if self.candidates < 1:
-            raise ConfigError("candidates must be >= 1")
+        for name in ("budget", "candidates", "short_query_terms", "max_snippet_chars"):
+            _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
+        for name in ("sibling_hits", "neighbor_hits"):
+            _need_int(name, getattr(self, name), minimum=0)
+        if self.top_k is not None:
+            _need_int("top_k", self.top_k, minimum=1)
+        for name in ("neighbor_weight", "session_weight", "sibling_weight", "cost_exponent"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.kinds, tuple) or not set(self.kinds) <= set(RECORD_KINDS):
+            raise ConfigError(
+                f"kinds must be a tuple drawn from {RECORD_KINDS}, got {self.kinds!r}"
+            )
+        if not isinstance(self.header, str):
+            raise ConfigError("header must be a string")
+
+
+def _need_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from .base import DEFAULT_SEARCH_KINDS, MemoryStore
 from .sqlite import SQLiteMemoryStore
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ..redaction import Redactor
 
 __all__ = [
     "DEFAULT_SEARCH_KINDS",
@@ -39,7 +39,9 @@ def default_store_url() -> str:
     return "sqlite:///" + str(Path(platformdirs.user_data_dir("tiamat-hooks")) / "memory.db")
 
 
-def open_store(url: str | Path | None = None, **options: Any) -> MemoryStore:
+def open_store(
+    url: str | Path | None = None, *, redact: bool | Redactor | None = None, **options: Any
+) -> MemoryStore:
     """Build a store from a URL. No I/O happens until the store is first used.
 
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:``
@@ -48,9 +50,34 @@ def open_store(url: str | Path | None = None, **options: Any) -> MemoryStore:
     * ``http://...`` / ``https://...``: ``TiamatCloudStore`` (the TIAMAT memory API).
     * ``None``: :func:`default_store_url`.
 
+    ``redact``: wrap the store in a :class:`~tiamat_hooks.redaction.RedactingStore` (secrets and
+    personal data are removed from records before they are stored or sent). ``None`` (default)
+    means on for remote stores (``http(s)://``) and off for local ones; ``True`` uses the
+    :class:`~tiamat_hooks.redaction.DefaultRedactor`; a ``Redactor`` is used as given.
+
     Raises:
-        ConfigError: the URL has an unknown scheme or is malformed.
+        ConfigError: the URL has an unknown scheme or is malformed, or ``redact`` is invalid.
     """
+    from ..redaction import RedactingStore, Redactor
+
+    if not (redact is None or isinstance(redact, (bool, Redactor))):
+        raise ConfigError("redact must be True, False, None or a Redactor (with .redact(text))")
+    try:
+        store = _open(url, **options)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        # Constructors do no I/O: a TypeError/ValueError here is a bad option or URL part.
+        raise ConfigError(f"cannot open store {url!r}: {exc}") from exc
+    remote = isinstance(url, str) and url.lower().startswith(("http://", "https://"))
+    if redact is None:
+        redact = remote
+    if redact is False:
+        return store
+    return RedactingStore(store, None if redact is True else redact)
+
+
+def _open(url: str | Path | None, **options: Any) -> MemoryStore:
     if url is None:
         url = default_store_url()
     if isinstance(url, Path):

@@ -156,7 +156,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     ``Retry-After-Ms`` / ``Retry-After`` header (seconds or an HTTP date). ``None`` if absent."""
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead, RecursionError):
         body = None
     if isinstance(body, Mapping):
         value = body.get("retry_after_seconds")
@@ -411,6 +411,12 @@ class TiamatCloudStore:
             raise ConfigError(f"a TIAMAT API key is required (pass api_key or set ${API_KEY_ENV})")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError("max_retries must be a non-negative integer")
+        for name, value in (
+            ("recall_deadline", recall_deadline),
+            ("timeout", timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
         if recall_deadline <= 0 or timeout <= 0:
             raise ConfigError("recall_deadline and timeout must be positive")
         parts = urlsplit(base_url)
@@ -487,8 +493,12 @@ class TiamatCloudStore:
         netloc = parts.hostname or ""
         if ":" in netloc:  # IPv6 literal
             netloc = f"[{netloc}]"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"bad port in TIAMAT URL: {exc}") from exc
+        if port is not None:
+            netloc += f":{port}"
         base = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
         return cls(base, key, **options)
 
@@ -644,7 +654,7 @@ class TiamatCloudStore:
                 raise map_http_error(exc, what=what, redact=self._auth.redact) from exc
             try:
                 return response.json()
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 # A 2xx that is not JSON (a proxy or captive portal page) is not the service.
                 raise StoreUnavailableError(
                     f"TIAMAT API {what} answered HTTP {response.status_code} without JSON"
