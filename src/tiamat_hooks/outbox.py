@@ -27,19 +27,16 @@ session at a time (see the cloud store's documentation).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import StoreError, StoreTimeoutError, StoreUnavailableError
+from ._sqlite import SQLiteFile
 from .models import MemoryRecord
 
 __all__ = ["Outbox", "OutboxStatus", "QueuedUser", "QueuedWrite", "default_outbox_path"]
@@ -138,13 +135,6 @@ class OutboxStatus:
     last_error: str | None
 
 
-def _map_error(exc: sqlite3.Error) -> StoreError:
-    msg = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
-        return StoreTimeoutError(f"outbox busy: {msg}")
-    return StoreUnavailableError(f"outbox: {msg}")
-
-
 def _dump(record: MemoryRecord) -> str:
     # ASCII-escaped JSON: a lone surrogate in an item or meta survives the round trip instead of
     # failing UTF-8 encoding.
@@ -178,88 +168,21 @@ class Outbox:
     """
 
     def __init__(self, path: str | Path = ":memory:", *, busy_timeout: float = 30.0) -> None:
-        self.path = str(path)
+        self._db = SQLiteFile(path, migrations=MIGRATIONS, busy_timeout=busy_timeout, name="outbox")
+        self.path = self._db.path
         self.busy_timeout = busy_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiamat-outbox")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._open_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Outbox(path={self.path!r})"
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        with self._open_lock:
-            if self._closed:
-                raise StoreUnavailableError("outbox is closed")
-            if self._conn is None:
-                if self.path != ":memory:":
-                    Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                if self.path != ":memory:":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    for index in range(version, len(MIGRATIONS)):
-                        for statement in MIGRATIONS[index].split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {index + 1}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    conn.close()
-                    raise
-                self._conn = conn
-            return self._conn
-
     async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        if self._closed:
-            raise StoreUnavailableError("outbox is closed")
-
-        def call() -> _T:
-            conn = self._connect()
-            try:
-                if not write:
-                    return fn(conn)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn(conn)
-                    conn.execute("COMMIT")
-                    return out
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _map_error(exc) from exc
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self._db.run(fn, write=write)
 
     async def close(self) -> None:
         """Close the file. Idempotent; queued writes stay in the file for a later replay."""
-        if self._closed:
-            return
-
-        def shut() -> None:
-            with self._open_lock:
-                self._closed = True
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._db.close()
 
     # -- queue ------------------------------------------------------------------------------
 

@@ -13,25 +13,19 @@ worker thread per store object; the event loop never blocks on disk.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._sqlite import SQLiteFile
 from ..errors import (
     InvalidInputError,
     StoreConflictError,
-    StoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
 )
 from ..models import (
     RECORD_KINDS,
@@ -133,34 +127,6 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
     )
 
 
-def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
-    # Switching a file to WAL takes an exclusive lock and SQLite answers "database is locked" at
-    # once instead of calling the busy handler, so processes opening a new file together would
-    # fail. Retry within the busy timeout.
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _map_error(exc: sqlite3.Error) -> StoreError:
-    msg = str(exc)
-    if isinstance(exc, sqlite3.OperationalError):
-        if "locked" in msg or "busy" in msg:
-            return StoreTimeoutError(f"SQLite busy: {msg}")
-        return StoreUnavailableError(f"SQLite: {msg}")
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreConflictError(f"SQLite integrity: {msg}")
-    return StoreError(f"SQLite: {msg}")
-
-
 class SQLiteMemoryStore:
     """The embedded store. ``SQLiteMemoryStore("memory.db")`` or ``open_store("sqlite:///memory.db")``.
 
@@ -174,12 +140,9 @@ class SQLiteMemoryStore:
     """
 
     def __init__(self, path: str | Path = ":memory:", *, busy_timeout: float = 30.0) -> None:
-        self.path = str(path)
+        self._db = SQLiteFile(path, migrations=MIGRATIONS, busy_timeout=busy_timeout, name="sqlite")
+        self.path = self._db.path
         self.busy_timeout = busy_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiamat-sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._open_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteMemoryStore(path={self.path!r})"
@@ -190,70 +153,11 @@ class SQLiteMemoryStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        with self._open_lock:
-            if self._closed:
-                raise StoreUnavailableError("store is closed")
-            if self._conn is None:
-                if self.path != ":memory:":
-                    Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.busy_timeout,
-                    isolation_level=None,  # explicit transactions only
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                if self.path != ":memory:":
-                    _enable_wal(conn, self.busy_timeout)
-                conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate(conn)
-                self._conn = conn
-            return self._conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for index in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {index + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        if self._closed:
-            raise StoreUnavailableError("store is closed")
-
-        def call() -> _T:
-            try:
-                return fn(self._connect())
-            except sqlite3.Error as exc:
-                raise _map_error(exc) from exc
-
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, call)
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
+        return await self._db.run(fn, write=write)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-
-        def shut() -> None:
-            with self._open_lock:
-                self._closed = True
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._db.close()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -264,18 +168,7 @@ class SQLiteMemoryStore:
                 raise InvalidInputError(f"add() takes MemoryRecord objects, got {type(r).__name__}")
         if not batch:
             return []
-        return await self._run(lambda conn: self._add_sync(conn, batch))
-
-    @staticmethod
-    def _add_sync(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryRecord]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = _insert(conn, batch)
-            conn.execute("COMMIT")
-            return out
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return await self._run(lambda conn: _insert(conn, batch), write=True)
 
     async def delete(self, scope: Scope, *, ids: Sequence[str] | None = None) -> int:
         where, params = _scope_where(scope)
@@ -287,24 +180,18 @@ class SQLiteMemoryStore:
             params.extend(id_list)
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rowids = [
-                    r[0] for r in conn.execute(f"SELECT rowid FROM records WHERE {where}", params)
-                ]
-                for rowid in rowids:
-                    conn.execute(
-                        "DELETE FROM units WHERE rowid BETWEEN ? AND ?",
-                        (rowid * UNITS_PER_RECORD, rowid * UNITS_PER_RECORD + UNITS_PER_RECORD - 1),
-                    )
-                conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
-                conn.execute("COMMIT")
-                return len(rowids)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            rowids = [
+                r[0] for r in conn.execute(f"SELECT rowid FROM records WHERE {where}", params)
+            ]
+            for rowid in rowids:
+                conn.execute(
+                    "DELETE FROM units WHERE rowid BETWEEN ? AND ?",
+                    (rowid * UNITS_PER_RECORD, rowid * UNITS_PER_RECORD + UNITS_PER_RECORD - 1),
+                )
+            conn.executemany("DELETE FROM records WHERE rowid = ?", [(r,) for r in rowids])
+            return len(rowids)
 
-        return await self._run(run)
+        return await self._run(run, write=True)
 
     # -- reads ------------------------------------------------------------------------------
 
