@@ -17,7 +17,7 @@ from typing import Any
 from agents import Agent, RunContextWrapper, Runner
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message
 
-from tiamat_hooks.hooks import TiamatHooks
+from tiamat_hooks import TiamatHooks
 
 
 @dataclass

@@ -13,7 +13,7 @@ import sys
 from agents import Agent, Runner
 from openai.types.responses import ResponseTextDeltaEvent
 
-from tiamat_hooks.hooks import TiamatHooks
+from tiamat_hooks import TiamatHooks
 
 STORE = os.environ.get("TIAMAT_HOOKS_DB", "sqlite:///memory.db")
 

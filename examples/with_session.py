@@ -15,7 +15,7 @@ import os
 
 from agents import Agent, Runner, SQLiteSession
 
-from tiamat_hooks.hooks import TiamatHooks
+from tiamat_hooks import TiamatHooks
 
 STORE = os.environ.get("TIAMAT_HOOKS_DB", "sqlite:///memory.db")
 

@@ -40,6 +40,9 @@ from .facts import (
 )
 from .hooks import HookStats, TiamatHooks
 from .models import MemoryRecord, Scope, SearchHit, SessionInfo, StoreCapabilities, StoreStats
+from .recall import RecallConfig, Recaller, RecallResult, Snippet
+from .redaction import DefaultRedactor, RedactingStore, Redactor
+from .retention import expire
 from .session import TiamatSession
 from .stores import MemoryStore, SQLiteMemoryStore, open_store
 from .stores.cloud import TiamatCloudStore
@@ -48,11 +51,22 @@ from .tools import memory_tools
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # Optional backends load lazily: `import tiamat_hooks` never imports a Postgres driver.
+    if name == "PostgresMemoryStore":
+        from .stores.postgres import PostgresMemoryStore
+
+        return PostgresMemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CapabilityError",
     "CompactedInput",
     "Compactor",
     "ConfigError",
+    "DefaultRedactor",
     "EncodingUnavailableError",
     "ExtractiveSummarizer",
     "Fact",
@@ -65,11 +79,18 @@ __all__ = [
     "MemoryRecord",
     "MemoryStore",
     "ModelSummarizer",
+    "PostgresMemoryStore",
     "QuotaExceededError",
+    "RecallConfig",
+    "RecallResult",
+    "Recaller",
+    "RedactingStore",
+    "Redactor",
     "SQLiteMemoryStore",
     "Scope",
     "SearchHit",
     "SessionInfo",
+    "Snippet",
     "StoreCapabilities",
     "StoreConflictError",
     "StoreError",
@@ -87,6 +108,7 @@ __all__ = [
     "compact_input",
     "count_item_tokens",
     "current_facts",
+    "expire",
     "fact_history",
     "get_encoding",
     "learn",
