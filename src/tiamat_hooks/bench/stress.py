@@ -197,6 +197,24 @@ async def write_worker(
     return report
 
 
+async def _stored_and_integrity(
+    store_url: str, users: int, prefix: str
+) -> tuple[list[MemoryRecord], list[str]]:
+    """Every record of the stress users, and what the store's ``integrity_check()`` reports."""
+    problems: list[str] = []
+    store = open_store(store_url)
+    try:
+        stored: list[MemoryRecord] = []
+        for u in range(users):
+            stored.extend(await store.read(Scope(user_id(prefix, u))))
+        checker = getattr(store, "integrity_check", None)
+        if callable(checker):
+            problems.extend(f"integrity_check: {problem}" for problem in await checker())
+    finally:
+        await store.close()
+    return stored, problems
+
+
 async def verify(
     store_url: str,
     workers: int,
@@ -221,17 +239,7 @@ async def verify(
                 if not p.shared and p.session is not None:
                     own_order[(uid, session_id(p.session) + f"/w{w}")].append(p.key)
 
-    problems: list[str] = []
-    store = open_store(store_url)
-    try:
-        stored: list[MemoryRecord] = []
-        for u in range(users):
-            stored.extend(await store.read(Scope(user_id(prefix, u))))
-        checker = getattr(store, "integrity_check", None)
-        if callable(checker):
-            problems.extend(f"integrity_check: {problem}" for problem in await checker())
-    finally:
-        await store.close()
+    stored, problems = await _stored_and_integrity(store_url, users, prefix)
 
     count: dict[tuple[str, str], int] = defaultdict(int)
     seq_of: dict[tuple[str, str], int | None] = {}
@@ -445,17 +453,7 @@ async def verify_runs(
             for pos, sig in enumerate(p.items()):
                 expected[(uid, sid, sig)] = (p, pos)
 
-    problems: list[str] = []
-    store = open_store(store_url)
-    try:
-        stored: list[MemoryRecord] = []
-        for u in range(users):
-            stored.extend(await store.read(Scope(user_id(prefix, u))))
-        checker = getattr(store, "integrity_check", None)
-        if callable(checker):
-            problems.extend(f"integrity_check: {problem}" for problem in await checker())
-    finally:
-        await store.close()
+    stored, problems = await _stored_and_integrity(store_url, users, prefix)
 
     found: dict[tuple[str, str, ItemSig], list[MemoryRecord]] = defaultdict(list)
     by_session: dict[tuple[str, str], list[int]] = defaultdict(list)
