@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
@@ -66,6 +67,17 @@ async def _with_store(url: str | None, fn: Callable[[MemoryStore], Awaitable[_T]
         return await fn(store)
     finally:
         await store.close()
+
+
+def _progress() -> Progress:
+    """The progress bar every long command shows on stderr (stdout stays for results)."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
 
 
 def _version(value: bool) -> None:
@@ -340,8 +352,6 @@ def bench_recall(
     ] = None,
 ) -> None:
     """Evidence recall within token budgets, scored as the dataset's README says."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from .bench.dataset import load_dataset
     from .bench.recall import run_recall_bench
 
@@ -350,13 +360,7 @@ def bench_recall(
     async def go() -> None:
         data = load_dataset(file)
         total = sum(len(c.questions) for c in data.conversations)
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as bar:
+        with _progress() as bar:
             task = bar.add_task(data.name, total=total)
             report = await run_recall_bench(
                 data,
@@ -409,8 +413,6 @@ def bench_compaction(
     ] = 512,
 ) -> None:
     """Replay each conversation as one long session, hooks + compaction on vs off."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from .bench.compaction import run_compaction_bench, total_steps
     from .bench.dataset import load_dataset
 
@@ -419,13 +421,7 @@ def bench_compaction(
 
     async def go() -> None:
         data = load_dataset(file)
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as bar:
+        with _progress() as bar:
             task = bar.add_task(data.name, total=total_steps(data, convs, questions))
             report = await run_compaction_bench(
                 data,
@@ -609,21 +605,13 @@ def bench_latency(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG latency chart.")] = None,
 ) -> None:
     """Recall p50/p95 and persist throughput as the store grows to each size."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from .bench.latency import run_latency_bench
 
     checkpoints = _budgets(sizes)
     stores = store or ["sqlite:///bench-out/latency.db"]
 
     async def go() -> None:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as bar:
+        with _progress() as bar:
             reports = []
             for url in stores:
                 task = bar.add_task(f"turns written: {url.split('@')[-1]}", total=max(checkpoints))

@@ -559,15 +559,18 @@ class TiamatHooks(RunHooks[Any]):
         return self._compactors[key]
 
     def _fp(self, data: Mapping[str, Any]) -> str:
-        """Fingerprint of an incoming item as the store will keep it.
-
-        A redacting store stores redacted text; fingerprinting the redacted form lets replayed
-        history still match what was stored (otherwise every run would store it again).
-        """
+        """Fingerprint of an incoming item in the form the store keeps it (redacted, if the
+        store redacts), so it can be compared with stored turns."""
         redactor = getattr(self.store, "redactor", None)
         if redactor is not None and callable(getattr(redactor, "redact", None)):
             data = redact_json(dict(data), redactor)
         return _fingerprint(data)
+
+    def _stored_fps(self, clean: Sequence[Mapping[str, Any]], fps: list[str]) -> list[str]:
+        """:meth:`_fp` of each item; ``fps`` itself when the store keeps items unchanged."""
+        if getattr(self.store, "redactor", None) is None:
+            return fps
+        return [self._fp(x) for x in clean]
 
     def tools(self, *, include_learn_fact: bool = True) -> list[FunctionTool]:
         """Memory function tools bound to each run's scope: ``search_memory(query)``,
@@ -782,7 +785,7 @@ class TiamatHooks(RunHooks[Any]):
             fresh = []
             for out in response.output:
                 data = to_jsonable(out)
-                fp = self._fp(data)
+                fp = _fingerprint(data)
                 state.persisted[fp] += 1
                 fresh.append(data)
             await self._persist(state, context, agent, fresh)
@@ -806,7 +809,7 @@ class TiamatHooks(RunHooks[Any]):
                 "call_id": call_id,
                 "output": result if isinstance(result, str) else str(result),
             }
-            fp = self._fp(data)
+            fp = _fingerprint(data)
             if state.persisted[fp] == 0:
                 state.persisted[fp] += 1
                 await self._persist(state, context, agent, [data])
@@ -888,7 +891,7 @@ class TiamatHooks(RunHooks[Any]):
     ) -> _Prepared:
         user, session = self._ids(ctx)
         clean = [to_jsonable(x) for x in items if not _is_framed(x)]
-        fps = [self._fp(x) for x in clean]
+        fps = [_fingerprint(x) for x in clean]
         prefixes = _prefix_hashes(fps)
         base = self._cache_key_base(user, session)
         now = time.monotonic()
@@ -941,8 +944,11 @@ class TiamatHooks(RunHooks[Any]):
                     (_fingerprint(r.item or {}), _is_call(r.item or {})) if r.item else ("", False)
                     for r in tail
                 ]
-                prepared.history_len = _replayed_prefix(fps, tail_fps)
-                visible = set(fps)
+                # Stored turns hold what the store kept (redacted, if it redacts): match the
+                # input in that form. Done once per run; cache keys use the raw fingerprints.
+                stored_fps = self._stored_fps(clean, fps)
+                prepared.history_len = _replayed_prefix(stored_fps, tail_fps)
+                visible = set(stored_fps)
                 exclude: set[str] = set()
                 budget = self.recall_config.budget
                 if self.context_budget is not None:
@@ -1229,7 +1235,7 @@ class TiamatHooks(RunHooks[Any]):
         seen: Counter[str] = Counter()
         fresh = []
         for data in clean[prepared.history_len :]:
-            fp = self._fp(data)
+            fp = _fingerprint(data)
             seen[fp] += 1
             if seen[fp] > state.persisted[fp]:
                 state.persisted[fp] += 1
