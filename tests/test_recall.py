@@ -198,3 +198,112 @@ async def test_block_never_exceeds_budget(
             assert snip.text in result.block
     finally:
         await store.close()
+
+
+async def _two_speakers(store: SQLiteMemoryStore, user: str) -> None:
+    """Anna and Ben both talk about hiking; each budget below fits only one of the two lines."""
+    lines = [
+        ("user", "Anna", "Ben, your hiking trip in the Alps sounded wonderful, tell me more."),
+        ("assistant", "Ben", "I love hiking in the Alps, the long ridge trails are my favourite."),
+    ]
+    for i, (role, speaker, text) in enumerate(lines):
+        await store.add(
+            [
+                make_record(
+                    user_id=user,
+                    session_id=f"s{i}",
+                    role=role,
+                    text=text,
+                    created_at=T0 + timedelta(days=i * 40),
+                    meta={"speaker": speaker},
+                )
+            ]
+        )
+
+
+@pytest.mark.parametrize("named", ["Anna", "Ben"])
+async def test_speaker_named_in_query_lifts_their_turns(
+    store: SQLiteMemoryStore, named: str
+) -> None:
+    user = new_id()
+    await _two_speakers(store, user)
+    cfg = RecallConfig(neighbor_weight=0.0, session_weight=0.0, top_k=1)
+    result = await Recaller(store, config=cfg, counter=COUNTER).recall(
+        Scope(user), f"What does {named} say about hiking in the Alps?", now=NOW
+    )
+    assert [s.record.meta["speaker"] for s in result.snippets] == [named]
+    # Without the affinity, BM25 alone decides (and picks the same turn whichever name is asked).
+    plain = RecallConfig(neighbor_weight=0.0, session_weight=0.0, top_k=1, speaker_weight=0.0)
+    picks = {
+        (
+            await Recaller(store, config=plain, counter=COUNTER).recall(
+                Scope(user), f"What does {name} say about hiking in the Alps?", now=NOW
+            )
+        )
+        .snippets[0]
+        .record.meta["speaker"]
+        for name in ("Anna", "Ben")
+    }
+    assert len(picks) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "role"),
+    [
+        ("What did I say about the hiking trip in the Alps?", "user"),
+        ("What did you say about the hiking trip in the Alps?", "assistant"),
+    ],
+)
+async def test_person_of_the_message_lifts_that_roles_turns(
+    store: SQLiteMemoryStore, message: str, role: str
+) -> None:
+    user = new_id()
+    for i, (r, text) in enumerate(
+        [
+            ("user", "Our hiking trip in the Alps was long; the hut food was great."),
+            ("assistant", "A hiking trip in the Alps needs good boots and an early start."),
+        ]
+    ):
+        await store.add(
+            [
+                make_record(
+                    user_id=user,
+                    session_id=f"s{i}",
+                    role=r,
+                    text=text,
+                    created_at=T0 + timedelta(days=i * 40),
+                )
+            ]
+        )
+    cfg = RecallConfig(neighbor_weight=0.0, session_weight=0.0, top_k=1, role_weight=2.0)
+    result = await Recaller(store, config=cfg, counter=COUNTER).recall(
+        Scope(user), message, now=NOW
+    )
+    assert [s.record.role for s in result.snippets] == [role]
+
+
+async def test_date_cue_lifts_the_day_it_points_at(store: SQLiteMemoryStore) -> None:
+    user = new_id()
+    now = datetime(2024, 6, 12, 18, 0, tzinfo=timezone.utc)  # a Wednesday
+    days_back = {"early": 20, "tuesday": 1}  # 2024-05-23 and Tuesday 2024-06-11
+    for sess, back in days_back.items():
+        await store.add(
+            [
+                make_record(
+                    user_id=user,
+                    session_id=sess,
+                    role="user",
+                    text="I had lunch with a friend from work at the noodle place.",
+                    created_at=now - timedelta(days=back, hours=6),
+                )
+            ]
+        )
+    cfg = RecallConfig(top_k=1, session_weight=0.0, neighbor_weight=0.0)
+    for message, sess in [
+        ("Who did I have lunch with yesterday?", "tuesday"),
+        ("Who did I have lunch with 20 days ago?", "early"),
+    ]:
+        result = await Recaller(store, config=cfg, counter=COUNTER).recall(
+            Scope(user), message, now=now
+        )
+        assert [s.record.session_id for s in result.snippets] == [sess], message
