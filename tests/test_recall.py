@@ -200,13 +200,11 @@ async def test_block_never_exceeds_budget(
         await store.close()
 
 
-async def _two_speakers(store: SQLiteMemoryStore, user: str) -> None:
-    """Anna and Ben both talk about hiking; each budget below fits only one of the two lines."""
-    lines = [
-        ("user", "Anna", "Ben, your hiking trip in the Alps sounded wonderful, tell me more."),
-        ("assistant", "Ben", "I love hiking in the Alps, the long ridge trails are my favourite."),
-    ]
-    for i, (role, speaker, text) in enumerate(lines):
+async def add_sessions(
+    store: SQLiteMemoryStore, user: str, turns: list[tuple[str, str | None, str]]
+) -> None:
+    """One session per ``(role, speaker, text)`` turn, 40 days apart."""
+    for i, (role, speaker, text) in enumerate(turns):
         await store.add(
             [
                 make_record(
@@ -215,10 +213,26 @@ async def _two_speakers(store: SQLiteMemoryStore, user: str) -> None:
                     role=role,
                     text=text,
                     created_at=T0 + timedelta(days=i * 40),
-                    meta={"speaker": speaker},
+                    meta={"speaker": speaker} if speaker else {},
                 )
             ]
         )
+
+
+async def _two_speakers(store: SQLiteMemoryStore, user: str) -> None:
+    """Anna and Ben both talk about hiking; each budget below fits only one of the two lines."""
+    await add_sessions(
+        store,
+        user,
+        [
+            ("user", "Anna", "Ben, your hiking trip in the Alps sounded wonderful, tell me more."),
+            (
+                "assistant",
+                "Ben",
+                "I love hiking in the Alps, the long ridge trails are my favourite.",
+            ),
+        ],
+    )
 
 
 @pytest.mark.parametrize("named", ["Anna", "Ben"])
@@ -258,23 +272,14 @@ async def test_person_of_the_message_lifts_that_roles_turns(
     store: SQLiteMemoryStore, message: str, role: str
 ) -> None:
     user = new_id()
-    for i, (r, text) in enumerate(
+    await add_sessions(
+        store,
+        user,
         [
-            ("user", "Our hiking trip in the Alps was long; the hut food was great."),
-            ("assistant", "A hiking trip in the Alps needs good boots and an early start."),
-        ]
-    ):
-        await store.add(
-            [
-                make_record(
-                    user_id=user,
-                    session_id=f"s{i}",
-                    role=r,
-                    text=text,
-                    created_at=T0 + timedelta(days=i * 40),
-                )
-            ]
-        )
+            ("user", None, "Our hiking trip in the Alps was long; the hut food was great."),
+            ("assistant", None, "A hiking trip in the Alps needs good boots and an early start."),
+        ],
+    )
     cfg = RecallConfig(neighbor_weight=0.0, session_weight=0.0, top_k=1, role_weight=2.0)
     result = await Recaller(store, config=cfg, counter=COUNTER).recall(
         Scope(user), message, now=NOW
