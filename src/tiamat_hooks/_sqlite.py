@@ -23,6 +23,9 @@ __all__ = ["SQLiteFile", "map_sqlite_error"]
 
 _T = TypeVar("_T")
 
+CACHE_KIB = -65536
+"""``PRAGMA cache_size`` of every connection (negative: KiB, so 64 MiB)."""
+
 
 def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
     """The package error for a sqlite3 error (the one place this mapping lives)."""
@@ -117,6 +120,11 @@ class SQLiteFile:
                     if self.path != ":memory:":
                         _enable_wal(conn, self.busy_timeout)
                     conn.execute("PRAGMA synchronous = NORMAL")
+                    # Up to 64 MiB of page cache (the default is 2 MiB): inserts touch random
+                    # pages of the id and FTS indexes, which at a million records no longer
+                    # fit in 2 MiB (persist throughput at 1M turns: ~17k -> ~24k turns/s).
+                    # Memory is only taken as pages are used.
+                    conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
                     _migrate(conn, self._migrations)
                 except BaseException:
                     conn.close()

@@ -80,7 +80,9 @@ class TokenCounter:
         return self.encoding.name
 
     def _raw_count(self, text: str) -> int:
-        return len(self.encoding.encode(text, disallowed_special=()))
+        # ``encode_ordinary`` is ``encode(text, disallowed_special=())`` without the special-token
+        # checks: same tokens, about a fifth faster.
+        return len(self.encoding.encode_ordinary(text))
 
     def count(self, text: str) -> int:
         """Number of tokens of ``text`` (special-token strings count as ordinary text)."""
@@ -90,7 +92,7 @@ class TokenCounter:
         """The longest prefix of ``text`` with at most ``max_tokens`` tokens."""
         if max_tokens <= 0:
             return ""
-        tokens = self.encoding.encode(text, disallowed_special=())
+        tokens = self.encoding.encode_ordinary(text)
         if len(tokens) <= max_tokens:
             return text
         out = self.encoding.decode(tokens[:max_tokens])

@@ -8,6 +8,7 @@ filter takes — at each checkpoint size (e.g. 10k, 100k, 1M stored turns).
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import time
@@ -19,9 +20,15 @@ from typing import Any
 
 from ..models import MemoryRecord, Scope, make_record
 from ..recall import RecallConfig, Recaller
-from ..stores import open_store
+from ..stores import MemoryStore, open_store
 
-__all__ = ["LatencyPoint", "LatencyReport", "run_latency_bench", "synthetic_turns"]
+__all__ = [
+    "LatencyPoint",
+    "LatencyReport",
+    "fill_store",
+    "run_latency_bench",
+    "synthetic_turns",
+]
 
 _SYLLABLES = [
     "ka",
@@ -60,7 +67,9 @@ def synthetic_turns(
     """An endless, deterministic stream of turns spread over ``users`` and their sessions."""
     rng = random.Random(seed)
     vocab = _vocabulary(rng, 20_000)
-    weights = [1.0 / (i + 1) for i in range(len(vocab))]
+    # Cumulative weights computed once: ``choices(vocab, weights)`` would redo the 20k-term sum
+    # for every turn (same draws either way).
+    cum_weights = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(vocab))))
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
     n = 0
     session_no: dict[str, int] = dict.fromkeys(users, 0)
@@ -68,7 +77,7 @@ def synthetic_turns(
         user = users[(n // turns_per_session) % len(users)]
         if n % turns_per_session == 0:
             session_no[user] += 1
-        words = rng.choices(vocab, weights, k=rng.randint(6, 40))
+        words = rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(6, 40))
         yield make_record(
             user_id=user,
             session_id=f"s{session_no[user]}",
@@ -78,6 +87,29 @@ def synthetic_turns(
             key=f"t{n}",
         )
         n += 1
+
+
+async def fill_store(
+    store: MemoryStore,
+    stream: Iterator[MemoryRecord],
+    count: int,
+    *,
+    batch: int = 1_000,
+    progress: Callable[[int], None] | None = None,
+) -> float:
+    """Write the next ``count`` records of ``stream`` in batches of ``batch``; returns the
+    seconds spent inside ``store.add`` (generating the records is not counted)."""
+    seconds = 0.0
+    left = count
+    while left > 0:
+        chunk = [next(stream) for _ in range(min(batch, left))]
+        t = time.perf_counter()
+        await store.add(chunk)
+        seconds += time.perf_counter() - t
+        left -= len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return seconds
 
 
 @dataclass
@@ -150,17 +182,11 @@ async def run_latency_bench(
     written = 0
     try:
         for size in sorted(sizes):
-            persist_time = 0.0
-            persisted = 0
-            while written < size:
-                chunk = [next(stream) for _ in range(min(batch, size - written))]
-                t = time.perf_counter()
-                await store.add(chunk)
-                persist_time += time.perf_counter() - t
-                persisted += len(chunk)
-                written += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+            persisted = max(0, size - written)
+            persist_time = await fill_store(
+                store, stream, persisted, batch=batch, progress=progress
+            )
+            written += persisted
             recall_ms: list[float] = []
             search_ms: list[float] = []
             for _ in range(queries):

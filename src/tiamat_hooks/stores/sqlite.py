@@ -37,7 +37,7 @@ from ..models import (
     StoreCapabilities,
     StoreStats,
 )
-from ..text import index_units, query_terms
+from ..text import CONTEXT_MAX_CHARS, LONG_UNIT_CHARS, IndexUnit, index_units, query_terms
 from .base import DEFAULT_SEARCH_KINDS
 
 __all__ = ["SQLiteMemoryStore"]
@@ -72,6 +72,12 @@ MIGRATIONS: tuple[str, ...] = (
         scope, body, context, span UNINDEXED,
         tokenize = 'porter unicode61 remove_diacritics 2'
     );
+    """,
+    # 2: summaries and facts of a user without walking the user's turns (a user's facts were
+    # read by scanning every record of the user). Partial, so turns cost the index nothing;
+    # reads that want no turns say ``kind != 'turn'`` so the planner can use it.
+    """
+    CREATE INDEX IF NOT EXISTS records_nonturn ON records(user_id, kind) WHERE kind != 'turn';
     """,
 )
 
@@ -110,21 +116,72 @@ _COLUMNS = (
 )
 
 
+_new_record = MemoryRecord.__new__
+_set = object.__setattr__
+_FIELDS = frozenset(MemoryRecord.model_fields)
+# What ``model_construct`` does for a plain model given every field, without its per-field
+# bookkeeping (a tenth of the cost; recall builds a hundred or more records per call). Models
+# with post-init hooks, extra fields or a root fall back to ``model_construct``.
+_FAST_CONSTRUCT = (
+    MemoryRecord.__pydantic_post_init__ is None
+    and not MemoryRecord.__pydantic_root_model__
+    and MemoryRecord.model_config.get("extra") != "allow"
+    and list(MemoryRecord.model_fields)
+    == [
+        "id",
+        "user_id",
+        "agent_id",
+        "session_id",
+        "kind",
+        "role",
+        "text",
+        "item",
+        "created_at",
+        "seq",
+        "key",
+        "meta",
+    ]
+)
+
+
+def _with_seq(rec: MemoryRecord, seq: int) -> MemoryRecord:
+    """``rec.model_copy(update={"seq": seq})``, cheaper (every stored turn gets its seq)."""
+    if not _FAST_CONSTRUCT:
+        return rec.model_copy(update={"seq": seq})
+    values = dict(rec.__dict__)
+    values["seq"] = seq
+    out = _new_record(MemoryRecord)
+    _set(out, "__dict__", values)
+    _set(out, "__pydantic_fields_set__", rec.model_fields_set | {"seq"})
+    _set(out, "__pydantic_extra__", None)
+    _set(out, "__pydantic_private__", None)
+    return out
+
+
 def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
-    return MemoryRecord.model_construct(
-        id=row[1],
-        user_id=row[2],
-        agent_id=row[3],
-        session_id=row[4] or None,
-        kind=row[5],
-        role=row[6],
-        text=row[7],
-        item=json.loads(row[8]) if row[8] is not None else None,
-        created_at=_from_us(row[9]),
-        seq=row[10],
-        key=row[11],
-        meta=json.loads(row[12]),
-    )
+    meta = row[12]
+    values = {
+        "id": row[1],
+        "user_id": row[2],
+        "agent_id": row[3],
+        "session_id": row[4] or None,
+        "kind": row[5],
+        "role": row[6],
+        "text": row[7],
+        "item": json.loads(row[8]) if row[8] is not None else None,
+        "created_at": _EPOCH + timedelta(microseconds=row[9]),
+        "seq": row[10],
+        "key": row[11],
+        "meta": {} if meta == "{}" else json.loads(meta),
+    }
+    if not _FAST_CONSTRUCT:
+        return MemoryRecord.model_construct(**values)
+    rec = _new_record(MemoryRecord)
+    _set(rec, "__dict__", values)
+    _set(rec, "__pydantic_fields_set__", set(_FIELDS))
+    _set(rec, "__pydantic_extra__", None)
+    _set(rec, "__pydantic_private__", None)
+    return rec
 
 
 class SQLiteMemoryStore:
@@ -238,13 +295,21 @@ class SQLiteMemoryStore:
                 rec_rowid = unit_rowid // UNITS_PER_RECORD
                 if rec_rowid not in best:
                     best[rec_rowid] = (-score, span)
-            recs = _fetch_by_rowid(conn, list(best)) if best else {}
-            hits = []
-            for rowid, (score, span) in best.items():
-                rec = recs.get(rowid)
-                if rec is None or rec.kind not in kind_set:
-                    continue
-                hits.append(SearchHit(rec, score, _parse_span(span, len(rec.text))))
+            # ``best`` is in rank order already (rows come best first), so only the records of
+            # the first ``limit`` hits of a wanted kind are read, not all the over-fetched ones.
+            order = list(best)
+            hits: list[SearchHit] = []
+            start = 0
+            while len(hits) < limit and start < len(order):
+                chunk = order[start : start + limit - len(hits)]
+                start += len(chunk)
+                recs = _fetch_by_rowid(conn, chunk)
+                for rowid in chunk:
+                    rec = recs.get(rowid)
+                    if rec is None or rec.kind not in kind_set:
+                        continue
+                    score, span = best[rowid]
+                    hits.append(SearchHit(rec, score, _parse_span(span, len(rec.text))))
             hits.sort(key=lambda h: -h.score)
             return hits[:limit], len(rows) == limit * 3
 
@@ -269,12 +334,19 @@ class SQLiteMemoryStore:
         newest: bool = False,
     ) -> list[MemoryRecord]:
         where, params = _scope_where(scope)
+        table = "records"
         if kinds is not None:
             kind_list = list(kinds)
             if not kind_list:
                 return []
             where += f" AND kind IN ({','.join('?' * len(kind_list))})"
             params.extend(kind_list)
+            if "turn" not in kind_list:
+                where += " AND kind != 'turn'"  # makes the records_nonturn index usable
+                if scope.session_id is None:
+                    # Without the hint the planner walks the user's records in session order
+                    # (to skip a sort) and so reads every turn of the user.
+                    table = "records INDEXED BY records_nonturn"
         if seq_from is not None:
             where += " AND seq >= ?"
             params.append(seq_from)
@@ -287,7 +359,7 @@ class SQLiteMemoryStore:
             f"session_id {direction}, seq IS NULL {direction}, seq {direction}, "
             f"created_us {direction}, rowid {direction}"
         )
-        sql = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY {order}"
+        sql = f"SELECT {_COLUMNS} FROM {table} WHERE {where} ORDER BY {order}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(max(0, int(limit)))
@@ -311,17 +383,35 @@ class SQLiteMemoryStore:
         pairs = list(dict.fromkeys(refs))
         if not pairs:
             return []
-        base, params = _scope_where(Scope(scope.user_id, agent_id=scope.agent_id))
-        ranges = " OR ".join("(session_id = ? AND seq BETWEEN ? AND ?)" for _ in pairs)
+        # Overlapping ranges of one session merge into one, and each range is one lookup on the
+        # (user_id, session_id, seq) index: an OR of ranges in one statement makes SQLite scan
+        # every turn of the user instead.
+        by_session: dict[str, list[tuple[int, int]]] = {}
         for sid, seq in pairs:
-            params.extend([sid or "", seq - radius, seq + radius])
+            by_session.setdefault(sid or "", []).append((seq - radius, seq + radius))
+        ranges: list[tuple[str, int, int]] = []
+        for sid in sorted(by_session):
+            spans = sorted(by_session[sid])
+            lo, hi = spans[0]
+            for s, e in spans[1:]:
+                if s > hi + 1:
+                    ranges.append((sid, lo, hi))
+                    lo = s
+                hi = max(hi, e)
+            ranges.append((sid, lo, hi))
+        agent = "" if scope.agent_id is None else " AND agent_id = ?"
         sql = (
-            f"SELECT {_COLUMNS} FROM records WHERE {base} AND kind = 'turn' AND ({ranges}) "
-            "ORDER BY session_id, seq"
+            f"SELECT {_COLUMNS} FROM records WHERE user_id = ? AND session_id = ? "
+            f"AND seq BETWEEN ? AND ? AND kind = 'turn'{agent} ORDER BY seq"
         )
+        extra = () if scope.agent_id is None else (scope.agent_id,)
 
         def run(conn: sqlite3.Connection) -> list[MemoryRecord]:
-            return [_row_to_record(r) for r in conn.execute(sql, params)]
+            out: list[MemoryRecord] = []
+            for sid, lo, hi in ranges:
+                rows = conn.execute(sql, (scope.user_id, sid, lo, hi, *extra)).fetchall()
+                out.extend(_row_to_record(r) for r in rows)
+            return out
 
         return await self._run(run)
 
@@ -457,7 +547,7 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
         rec = r
         if r.kind == "turn":
             if r.seq is None:
-                rec = r.model_copy(update={"seq": next_seq[sess]})
+                rec = _with_seq(r, next_seq[sess])
             seq_key = (sess[0], sess[1], rec.seq or 0)
             if seq_key in used_seq:
                 raise StoreConflictError(
@@ -490,7 +580,13 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
             # Who said it is part of what a turn is about ("what did Ann say about ...").
             context = f"{speaker}: {context or ''}"
         scope_tokens = _scope_tokens(rec.user_id, rec.agent_id, rec.session_id or "", rec.kind)
-        units = list(index_units(rec.text, context))
+        if len(rec.text) <= LONG_UNIT_CHARS:
+            # What index_units gives a short text (one unit), without its generator.
+            if context is None or len(context) > CONTEXT_MAX_CHARS:
+                context = ""
+            units = [IndexUnit(0, len(rec.text), rec.text, context)]
+        else:
+            units = list(index_units(rec.text, context))
         if len(units) > UNITS_PER_RECORD:
             last = units[UNITS_PER_RECORD - 1]
             units = [
