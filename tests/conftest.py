@@ -185,6 +185,22 @@ async def _redacting_factory(tmp_path: Path) -> MemoryStore:
     return RedactingStore(SQLiteMemoryStore(tmp_path / "memory.db"))
 
 
+# -- dense retrieval fused with the lexical search (tiamat_hooks.embeddings) over SQLite -------
+
+
+async def _hybrid_factory(tmp_path: Path) -> MemoryStore:
+    from tiamat_hooks.embeddings import HybridStore, _missing_extra, default_embedder
+
+    missing = _missing_extra()
+    if missing:
+        reason = f"the embeddings extra is not installed ({', '.join(missing)})"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must test it")
+        pytest.skip(reason)
+    # One model per test session (default_embedder is shared); the store is fresh per case.
+    return HybridStore(SQLiteMemoryStore(":memory:"), default_embedder())
+
+
 # Every backend registers a factory here; the contract suite runs once per entry.
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "sqlite": _sqlite_factory,
@@ -192,6 +208,7 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
     "cloud": _cloud_factory,
     "server": _server_factory,
     "redacting": _redacting_factory,
+    "hybrid": _hybrid_factory,
 }
 # Marks for a backend's parameter of the ``store`` fixture (select with ``-m "not postgres"``).
 STORE_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {"postgres": (pytest.mark.postgres,)}

@@ -8,7 +8,13 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from tiamat_hooks.bench.compaction import replay_runs, run_compaction_bench, visible_share
+import tiamat_hooks.bench.compaction as bench_compaction
+from tiamat_hooks.bench.compaction import (
+    pick_questions,
+    replay_runs,
+    run_compaction_bench,
+    visible_share,
+)
 from tiamat_hooks.bench.dataset import BenchDataset
 from tiamat_hooks.cli import app
 
@@ -104,3 +110,34 @@ def test_cli_bench_compaction_writes_json(tmp_path: Path) -> None:
     assert data["questions"] == 2 and data["limited"] is True
     assert set(data["on"]) >= {"replay_tokens", "question_tokens", "evidence_visible", "stats"}
     assert data["settings"]["context_budget"] == 400
+
+
+def test_pick_questions_spreads_over_the_list() -> None:
+    qs = list(range(10))
+    assert pick_questions(qs, None) == qs
+    assert pick_questions(qs, 20) == qs
+    assert pick_questions(qs, 5) == [0, 2, 4, 6, 8]
+    assert pick_questions(qs, 3) == [0, 3, 6]
+    assert pick_questions(qs, 1) == [0]
+
+
+async def test_bench_names_the_speakers(monkeypatch: Any) -> None:
+    """With speaker names in the file, turns are stored (and recalled) under those names."""
+    raw = tiny_dataset()
+    for conv in raw["conversations"]:
+        conv["speakers"] = {"user": "Ann", "assistant": "Bo"}
+    data = BenchDataset.model_validate(raw)
+    seen: list[str] = []
+    real = bench_compaction.visible_share
+
+    def spy(items: Any, evidence: Any, header: str) -> float:
+        seen.extend(str(getattr(i, "get", lambda k: "")("content")) for i in items)
+        return real(items, evidence, header)
+
+    monkeypatch.setattr(bench_compaction, "visible_share", spy)
+    await run_compaction_bench(
+        data, limit_conversations=1, context_budget=400, token_budget=200, compact_after_tokens=150
+    )
+    block = "\n".join(t for t in seen if t.startswith("<memory>\nMemory:"))
+    assert block and ("> Ann: " in block or "> Bo: " in block)
+    assert "> user: " not in block and "> assistant: " not in block

@@ -742,3 +742,57 @@ async def test_persist_false_only_recalls(store: SQLiteMemoryStore, user_id: str
     await hooks.flush()
     assert len(memory_items(model.calls[0])) == 1
     assert await turns(store, user_id, "s2") == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_speakers_are_stored_and_quoted(
+    store: SQLiteMemoryStore, user_id: str, mode: Mode
+) -> None:
+    """Assistant messages carry the name of the agent that said them (across a handoff), user
+    messages the ``user_name``; tool items carry no speaker; recall quotes turns by speaker."""
+    hooks = TiamatHooks(store, user_id=user_id, session_id="s-names", user_name="Ann")
+    vet_model = ScriptedModel([reply("Golden retrievers love water, Biscuit will be fine.", 2)])
+    vet = Agent(name="Dr Vet", model=vet_model)
+    triage_model = ScriptedModel([[function_call("transfer_to_dr_vet", {}, call_id="call-n")]])
+    triage = Agent(name="triage", model=triage_model, handoffs=[vet])
+    await run_agent(mode, triage, "Is swimming safe for my dog Biscuit?", hooks=hooks)
+    await hooks.flush()
+
+    records = await turns(store, user_id, "s-names")
+    assert [(r.role, r.meta.get("speaker")) for r in records] == [
+        ("user", "Ann"),
+        ("tool", None),
+        ("tool", None),
+        ("assistant", "Dr Vet"),
+    ]
+    assert all(r.meta.get("run_id") for r in records)
+
+    later = TiamatHooks(store, user_id=user_id, session_id="s-later", user_name="Ann")
+    model = ScriptedModel([reply("ok")])
+    await Runner.run(Agent(name="triage", model=model), "Can Biscuit go swimming?", hooks=later)
+    await later.flush()
+    (memory,) = memory_items(model.calls[0])
+    assert "> Ann: Is swimming safe for my dog Biscuit?" in memory["content"]
+    assert "> Dr Vet: Golden retrievers love water" in memory["content"]
+
+
+async def test_user_name_callable_and_default(store: SQLiteMemoryStore, user_id: str) -> None:
+    """``user_name`` may depend on the run context; without it user turns have no speaker."""
+    named = TiamatHooks(
+        store, user_id=user_id, session_id="s-a", user_name=lambda ctx: f"user {ctx.context}"
+    )
+    await Runner.run(
+        Agent(name="helper", model=ScriptedModel([reply("hi")])), "hello", hooks=named, context=7
+    )
+    await named.flush()
+    plain = TiamatHooks(store, user_id=user_id, session_id="s-b")
+    await Runner.run(Agent(name="helper", model=ScriptedModel([reply("yo")])), "hey", hooks=plain)
+    await plain.flush()
+    assert [r.meta.get("speaker") for r in await turns(store, user_id, "s-a")] == [
+        "user 7",
+        "helper",
+    ]
+    assert [r.meta.get("speaker") for r in await turns(store, user_id, "s-b")] == [
+        None,
+        "helper",
+    ]

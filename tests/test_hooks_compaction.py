@@ -39,7 +39,7 @@ async def store(tmp_path: Path) -> Any:
 @function_tool
 def lookup(topic: str) -> str:
     """Looks a topic up."""
-    return f"Result for {topic}: " + " ".join(f"detail{i} of {topic}" for i in range(6))
+    return f"Result for {topic}: " + " ".join(f"detail{i} of {topic}" for i in range(5))
 
 
 def user_text(n: int) -> str:

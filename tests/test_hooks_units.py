@@ -102,3 +102,18 @@ def test_flush_sync_refuses_to_run_inside_a_loop() -> None:
 
     with pytest.raises(RuntimeError, match="await flush"):
         asyncio.run(inside())
+
+
+@pytest.mark.parametrize("user_name", ["", "   ", 3, b"Ann", ["Ann"]])
+def test_user_name_is_validated(tmp_path: Path, user_name: Any) -> None:
+    store = SQLiteMemoryStore(tmp_path / "m.db")
+    with pytest.raises(ConfigError, match="user_name"):
+        TiamatHooks(store, user_id="u", user_name=user_name)
+    assert TiamatHooks(store, user_id="u", user_name="Ann").user_name == "Ann"
+
+
+async def test_a_bad_user_name_callable_fails_the_run() -> None:
+    hooks = TiamatHooks("sqlite://:memory:", user_id="u", user_name=lambda ctx: "")
+    model = ScriptedModel([[assistant_message("never")]])
+    with pytest.raises(ConfigError):
+        await Runner.run(Agent(name="a", model=model), "hello", hooks=hooks)

@@ -350,12 +350,27 @@ def bench_recall(
         str | None,
         typer.Option(help="Store URL (default: a fresh in-memory SQLite store per conversation)."),
     ] = None,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--embeddings",
+            help="Fuse dense retrieval (MiniLM) with the lexical search; needs the "
+            "'embeddings' extra.",
+        ),
+    ] = False,
 ) -> None:
     """Evidence recall within token budgets, scored as the dataset's README says."""
     from .bench.dataset import load_dataset
     from .bench.recall import run_recall_bench
 
     budgets = _budgets(budget)
+    if embeddings:
+        from .embeddings import default_embedder
+
+        try:
+            default_embedder()
+        except TiamatError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--embeddings") from None
 
     async def go() -> None:
         data = load_dataset(file)
@@ -367,6 +382,7 @@ def bench_recall(
                 budgets=budgets,
                 store_url=store,
                 progress=lambda n: bar.advance(task, n),
+                embeddings=embeddings,
             )
         cats = [k for k in report.results[0].recall if k != "overall"]
         table = Table(title=f"{report.dataset}: evidence recall ({report.questions} questions)")
@@ -383,6 +399,13 @@ def bench_recall(
             *(f"{r.latency_ms['p50']:.1f} / {r.latency_ms['p95']:.1f}" for r in report.results),
         )
         console.print(table)
+        if report.embeddings is not None:
+            e = report.embeddings
+            console.print(
+                f"embeddings ({e['model']}): {e['texts_embedded_at_ingest']} texts at ingest in "
+                f"{e['ingest_embed_s']:.1f} s ({e['texts_per_s']:.0f} texts/s; ingest took "
+                f"{e['ingest_wall_s']:.1f} s in all), {e['query_embed_ms_mean']:.1f} ms per query"
+            )
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
@@ -404,10 +427,15 @@ def bench_compaction(
     ] = 3,
     max_questions: Annotated[
         int | None,
-        typer.Option(help="Ask at most N questions per conversation (0: all).", min=0),
-    ] = 20,
+        typer.Option(
+            help="Ask at most N questions per conversation, spread over its list (0: all).",
+            min=0,
+        ),
+    ] = 0,
     context_budget: Annotated[int, typer.Option(help="Model-input budget (tokens).", min=1)] = 1536,
-    token_budget: Annotated[int, typer.Option(help="Recall block budget (tokens).", min=0)] = 1024,
+    token_budget: Annotated[
+        int, typer.Option(help="Recall block budget (tokens), inside the context budget.", min=0)
+    ] = 1280,
     compact_after: Annotated[
         int, typer.Option(help="compact_after_tokens of the hooks.", min=8)
     ] = 512,
@@ -651,6 +679,71 @@ def bench_latency(
             from .bench.plots import plot_latency
 
             plot_latency(reports, plot)
+
+    _run(go())
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    store: Annotated[
+        str, typer.Option(help="Store URL to fill and measure (a scratch database).")
+    ] = "sqlite:///bench-out/overhead.db",
+    turns: Annotated[int, typer.Option(min=1, help="Turns stored before measuring.")] = 100_000,
+    users: Annotated[int, typer.Option(min=1, help="Users the turns are spread over.")] = 100,
+    runs: Annotated[int, typer.Option(min=1, help="Measured runs with and without hooks.")] = 300,
+    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured runs first.")] = 20,
+    mode: Annotated[
+        Literal["hooks", "filter"],
+        typer.Option(help="hooks: hooks= alone; filter: hooks= plus run_config=hooks.wrap()."),
+    ] = "hooks",
+    model_latency_ms: Annotated[
+        float, typer.Option(min=0, help="Simulated latency per model call, both sides.")
+    ] = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """What TiamatHooks add to Runner.run: overhead per model call and the wall-time ratio."""
+    from .bench.overhead import run_overhead_bench
+
+    async def go() -> None:
+        with _progress() as bar:
+            tasks = {
+                "fill": bar.add_task("turns written", total=turns),
+                "runs": bar.add_task("runs (with and without hooks)", total=runs),
+            }
+            report = await run_overhead_bench(
+                store,
+                turns=turns,
+                users=users,
+                runs=runs,
+                warmup=warmup,
+                mode=mode,
+                model_latency_ms=model_latency_ms,
+                progress=lambda phase, n: bar.advance(tasks[phase], n),
+            )
+        data = report.as_json()
+        table = Table(title=f"hooks overhead ({report.store}, {turns:,} turns, {mode})")
+        table.add_column("measure")
+        table.add_column("p50 / p95 ms", justify="right")
+        for label, key in (
+            ("overhead per model call", "filter_ms"),
+            ("  first call (recall)", "first_call_ms"),
+            ("  later calls", "later_call_ms"),
+            ("hooks time per run", "hooks_ms_per_run"),
+            ("Runner.run without hooks", "run_ms"),
+            ("Runner.run with hooks", "run_hooks_ms"),
+            ("flush() after the run", "flush_ms"),
+        ):
+            table.add_row(label, f"{data[key]['p50']:.2f} / {data[key]['p95']:.2f}")
+        table.add_row("wall-time ratio (run)", f"{report.ratio:.3f}")
+        table.add_row("wall-time ratio (run + flush)", f"{report.ratio_with_flush:.3f}")
+        table.add_row(
+            "persist turns/s (fill / last tenth)",
+            (f"{report.persist_turns_per_s:,.0f} / {report.persist_turns_per_s_last:,.0f}"),
+        )
+        console.print(table)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(data, indent=2) + "\n")
 
     _run(go())
 

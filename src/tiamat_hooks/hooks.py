@@ -30,7 +30,9 @@ turns are written incrementally as they appear (input at ``on_llm_start``, model
 + position): a run that fails midway keeps everything produced before the error, and a retried
 write never duplicates. History replayed from a Session (or passed back by the caller) is
 recognised against the newest stored turns of the same ``(user_id, session_id)`` and not stored
-again; injected memory is never stored. Writes run in background tasks, in order per session;
+again; injected memory is never stored. Each message records who said it (``meta["speaker"]``):
+the agent's name for what its model said, ``user_name`` (when given) for the user's messages;
+recall quotes turns under that name. Writes run in background tasks, in order per session;
 ``await hooks.flush()`` (or ``async with``) waits for them; ``hooks.flush_sync()`` (or ``with``)
 does the same after ``Runner.run_sync``.
 
@@ -350,6 +352,23 @@ def _sensitive_default() -> bool:
     return val.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _discard(future: asyncio.Future[Any] | None) -> None:
+    """Cancel ``future`` if still running, and mark its outcome as seen (no "never retrieved"
+    warning for a result nobody needs any more)."""
+    if future is None:
+        return
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
+def _agent_name(agent: Any) -> str | None:
+    """The agent's ``name``, when it has a usable one (the speaker of what its model said)."""
+    name = getattr(agent, "name", None)
+    return name if isinstance(name, str) and name.strip() else None
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -399,9 +418,16 @@ class TiamatHooks(RunHooks[Any]):
         fact_extractor: a :class:`~tiamat_hooks.facts.FactExtractor` run in the background
             after each run on its messages; triples are learned for the user. ``None``
             (default): no model extraction.
+        user_name: who the user is, for the ``speaker`` of stored user messages (a string or
+            a callable of the run context, like ``user_id``); ``None`` (default) stores none,
+            and recall labels those turns ``user``. Assistant messages the model produced are
+            always stored with the agent's ``name`` as ``speaker`` (after a handoff, the agent
+            that answered). Recall quotes each turn under its speaker and lifts what a speaker
+            named in the query said. It is a label for the model: ``user_id`` stays the scope.
 
     Raises:
-        ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``).
+        ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``,
+            empty ``user_name``).
 
     The constructor does no I/O.
     """
@@ -428,9 +454,19 @@ class TiamatHooks(RunHooks[Any]):
         summarizer: Summarizer | Literal["model"] | None = None,
         facts: bool = True,
         fact_extractor: FactExtractor | None = None,
+        user_name: IdSource | None = None,
     ) -> None:
         if not (isinstance(user_id, str) or callable(user_id)):
             raise ConfigError("user_id must be a string or a callable of the run context")
+        if not (
+            user_name is None
+            or (isinstance(user_name, str) and user_name.strip())
+            or (callable(user_name) and not isinstance(user_name, str))
+        ):
+            raise ConfigError(
+                f"user_name must be a non-empty string, a callable of the run context or None, "
+                f"got {user_name!r}"
+            )
         if role not in ("user", "developer", "system"):
             raise ConfigError(f"role must be 'user', 'developer' or 'system', got {role!r}")
         for name, value in (
@@ -488,6 +524,7 @@ class TiamatHooks(RunHooks[Any]):
         self.summarizer = summarizer
         self.facts = facts
         self.fact_extractor = fact_extractor
+        self.user_name = user_name
         self.stats = HookStats()
         self._recaller: Recaller | None = None
         self._compactors: dict[int, Compactor] = {}
@@ -788,7 +825,7 @@ class TiamatHooks(RunHooks[Any]):
                 fp = _fingerprint(data)
                 state.persisted[fp] += 1
                 fresh.append(data)
-            await self._persist(state, context, agent, fresh)
+            await self._persist(state, context, agent, fresh, from_model=True)
         if self.user_hooks is not None:
             await self.user_hooks.on_llm_end(context, agent, response)
 
@@ -932,6 +969,21 @@ class TiamatHooks(RunHooks[Any]):
             await asyncio.wait([pending])
         explicit_agent = self._resolve(self.agent_id, ctx)
         started = time.perf_counter()
+        message, context = _query_parts(clean)
+        recall_scope = Scope(user, agent_id=explicit_agent)
+        facts_read: asyncio.Future[list[str]] | None = None
+        if self.facts and self.recall_config.budget > 0:
+            # The facts do not depend on the session's tail: read them at the same time (one
+            # store round trip fewer before the first model call). Unused if the budget left
+            # for recall turns out to be 0.
+            facts_read = asyncio.ensure_future(
+                relevant_fact_lines(
+                    self.store,
+                    recall_scope,
+                    self.recaller.build_query(message, context),
+                    limit=_FACT_LINES,
+                )
+            )
         with custom_span("tiamat.recall", data={"user_items": len(clean)}) as span:
             try:
                 tail = await self.store.read(
@@ -963,14 +1015,9 @@ class TiamatHooks(RunHooks[Any]):
                 exclude.update(
                     r.id for r, (fp, _) in zip(tail, tail_fps, strict=True) if fp in visible
                 )
-                message, context = _query_parts(clean)
-                recall_scope = Scope(user, agent_id=explicit_agent)
                 facts: list[str] = []
-                if self.facts and budget > 0:
-                    query = self.recaller.build_query(message, context)
-                    facts = await relevant_fact_lines(
-                        self.store, recall_scope, query, limit=_FACT_LINES
-                    )
+                if facts_read is not None and budget > 0:
+                    facts = await facts_read
                 result = await self.recaller.recall(
                     recall_scope,
                     message,
@@ -983,6 +1030,8 @@ class TiamatHooks(RunHooks[Any]):
                 span.span_data.data["error"] = type(exc).__name__
                 self._failed("recall", exc, state, prepared)
                 return prepared
+            finally:
+                _discard(facts_read)
             prepared.result = result
             self.stats.recalls += 1
             data = span.span_data.data
@@ -1248,19 +1297,34 @@ class TiamatHooks(RunHooks[Any]):
         ctx: RunContextWrapper[Any],
         agent: Any,
         items: list[dict[str, Any]],
+        *,
+        from_model: bool = False,
     ) -> None:
+        """Queue ``items`` as turn records. ``from_model``: the items are ``agent``'s output, so
+        its assistant messages carry the agent's name as ``meta["speaker"]``."""
         prepared = state.prepared
         if not items or prepared is None or not self.persist:
             return
         agent_id = self._resolve(self.agent_id, ctx) or getattr(agent, "name", None) or None
+        speakers = {
+            "user": self._resolve(self.user_name, ctx),
+            "assistant": _agent_name(agent) if from_model else None,
+        }
+        metas = []
+        for data in items:
+            meta: dict[str, Any] = {"run_id": state.run_id}
+            speaker = speakers.get(item_role(data))  # messages only: other items are "tool"
+            if speaker is not None:
+                meta["speaker"] = speaker
+            metas.append(meta)
         if self.fact_extractor is not None:
             state.texts.extend(
-                f"{item_role(d)}: {item_text(d)}"
-                for d in items
+                f"{m.get('speaker') or item_role(d)}: {item_text(d)}"
+                for d, m in zip(items, metas, strict=True)
                 if item_role(d) in ("user", "assistant")
             )
         records = []
-        for data in items:
+        for data, meta in zip(items, metas, strict=True):
             records.append(
                 item_to_record(
                     data,
@@ -1268,7 +1332,7 @@ class TiamatHooks(RunHooks[Any]):
                     session_id=prepared.session_id,
                     agent_id=agent_id,
                     key=f"{state.run_id}:{state.next_pos}",
-                    meta={"run_id": state.run_id},
+                    meta=meta,
                 )
             )
             state.next_pos += 1

@@ -35,7 +35,7 @@ from .dates import date_windows
 from .errors import ConfigError
 from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
 from .stores.base import MemoryStore
-from .text import query_terms, sentence_windows
+from .text import STOP_WORDS, query_terms, sentence_windows
 from .tokens import TokenCounter
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -57,8 +57,9 @@ class RecallConfig:
         neighbor_weight: score given to the turn before/after a hit, as a share of the hit's.
         session_weight: how much a session's best hit lifts the other hits of that session.
         kinds: record kinds searched.
-        short_query_terms: a query with fewer content words than this is extended with the
-            recent conversation context.
+        short_query_terms: a message with fewer content words than this ("and then?", "why?")
+            is extended with the recent conversation context; 2 keeps "Where has Anna camped?"
+            on its own.
         cost_exponent: budget-aware packing — priority is ``score * (typical/cost) ** exponent``.
         max_snippet_chars: longer records are injected as sentence windows of about this size.
         sibling_weight: score of the other windows of a long hit, as a share of the best one's.
@@ -79,7 +80,7 @@ class RecallConfig:
     neighbor_weight: float = 0.6
     session_weight: float = 0.5
     kinds: tuple[RecordKind, ...] = ("turn", "summary")
-    short_query_terms: int = 3
+    short_query_terms: int = 2
     cost_exponent: float = 0.5
     max_snippet_chars: int = 600
     sibling_weight: float = 0.5
@@ -221,12 +222,20 @@ class Recaller:
         self._window_cache: dict[str, list[tuple[int, int]]] = {}
 
     def build_query(self, message: str, context: Sequence[str] = ()) -> str:
-        """The search query: the new message, plus recent context when the message is short."""
+        """The search query: the new message, plus recent context when the message is short.
+
+        Short means fewer than ``short_query_terms`` content words (stop words do not count:
+        "and then?" has none). Context is added newest first until the query has twice that many.
+        """
+
+        def content_words(text: str) -> int:
+            return sum(1 for t in query_terms(text) if t not in STOP_WORDS)
+
         query = message
-        if len(query_terms(message)) < self.config.short_query_terms:
+        if content_words(message) < self.config.short_query_terms:
             for extra in reversed(context):
                 query = f"{extra}\n{query}"
-                if len(query_terms(query)) >= self.config.short_query_terms * 2:
+                if content_words(query) >= self.config.short_query_terms * 2:
                     break
         return query
 

@@ -42,15 +42,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import (
     MemoryRecord,
-    RecordKind,
-    Scope,
-    SearchHit,
-    SessionInfo,
-    StoreCapabilities,
-    StoreStats,
     make_record,
 )
-from .stores.base import DEFAULT_SEARCH_KINDS, MemoryStore
+from .stores.base import MemoryStore
+from .stores.wrapper import StoreWrapper
 
 __all__ = ["DefaultRedactor", "RedactingStore", "Redactor", "luhn_valid", "redact_record"]
 
@@ -213,27 +208,7 @@ def redact_record(record: MemoryRecord, redactor: Redactor) -> MemoryRecord:
     return make_record(**fields)
 
 
-_PASSTHROUGH = frozenset(
-    {
-        # Read-only or outbox-management capabilities of inner stores. Write paths other than
-        # ``add`` (e.g. TiamatCloudStore.learn) are deliberately NOT passed through: they would
-        # bypass redaction.
-        "read_around",
-        "integrity_check",
-        "flush",
-        "outbox",
-        "outbox_status",
-        "forget_queued",
-        "refresh_capabilities",
-        "health",
-        "server_extensions",
-        "server_info",
-        "stats_counters",
-    }
-)
-
-
-class RedactingStore:
+class RedactingStore(StoreWrapper):
     """A store that redacts every record before ``add`` hands it to ``inner``.
 
     Implements the store contract by delegation: reads, search, delete, stats and ``close``
@@ -245,20 +220,11 @@ class RedactingStore:
     """
 
     def __init__(self, inner: MemoryStore, redactor: Redactor | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.redactor: Redactor = redactor if redactor is not None else DefaultRedactor()
 
     def __repr__(self) -> str:
         return f"RedactingStore({self.inner!r}, redactor={self.redactor!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _PASSTHROUGH:
-            return getattr(self.inner, name)
-        raise AttributeError(name)
-
-    @property
-    def capabilities(self) -> StoreCapabilities:
-        return self.inner.capabilities
 
     async def add(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
         batch = list(records)
@@ -267,42 +233,3 @@ class RedactingStore:
             redact_record(r, self.redactor) if isinstance(r, MemoryRecord) else r for r in batch
         ]
         return await self.inner.add(redacted)
-
-    async def search(
-        self,
-        query: str,
-        scope: Scope,
-        *,
-        kinds: Sequence[RecordKind] = DEFAULT_SEARCH_KINDS,
-        limit: int = 50,
-    ) -> list[SearchHit]:
-        return await self.inner.search(query, scope, kinds=kinds, limit=limit)
-
-    async def read(
-        self,
-        scope: Scope,
-        *,
-        kinds: Sequence[RecordKind] | None = None,
-        seq_from: int | None = None,
-        seq_to: int | None = None,
-        limit: int | None = None,
-        newest: bool = False,
-    ) -> list[MemoryRecord]:
-        return await self.inner.read(
-            scope, kinds=kinds, seq_from=seq_from, seq_to=seq_to, limit=limit, newest=newest
-        )
-
-    async def list_sessions(self, user_id: str) -> list[SessionInfo]:
-        return await self.inner.list_sessions(user_id)
-
-    async def list_users(self) -> list[str]:
-        return await self.inner.list_users()
-
-    async def delete(self, scope: Scope, *, ids: Sequence[str] | None = None) -> int:
-        return await self.inner.delete(scope, ids=ids)
-
-    async def stats(self, user_id: str | None = None) -> StoreStats:
-        return await self.inner.stats(user_id)
-
-    async def close(self) -> None:
-        await self.inner.close()

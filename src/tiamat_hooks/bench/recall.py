@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import Scope, make_record
 from ..recall import RecallConfig, Recaller, RecallResult
@@ -25,6 +25,9 @@ from ..stores import open_store
 from ..stores.base import MemoryStore
 from ..tokens import TokenCounter
 from .dataset import BenchConversation, BenchDataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..embeddings import Embedder
 
 __all__ = [
     "BudgetResult",
@@ -120,13 +123,18 @@ class RecallBenchReport:
     dataset: str
     questions: int
     results: list[BudgetResult] = field(default_factory=list)
+    embeddings: dict[str, Any] | None = None
+    """With dense retrieval: model, texts embedded, embedding time and rates."""
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "dataset": self.dataset,
             "questions": self.questions,
             "results": [r.as_json() for r in self.results],
         }
+        if self.embeddings is not None:
+            out["embeddings"] = self.embeddings
+        return out
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -144,11 +152,16 @@ async def run_recall_bench(
     config: RecallConfig | None = None,
     store_url: str | None = None,
     progress: Callable[[int], None] | None = None,
+    embeddings: bool | Embedder = False,
 ) -> RecallBenchReport:
     """Run the benchmark. ``store_url`` None uses a fresh in-memory SQLite store per conversation.
 
     With a URL, every conversation goes into that store under its own random user id, so shared
     stores (Postgres, a server) can be measured without clearing them.
+
+    ``embeddings`` wraps each conversation's store in a
+    :class:`~tiamat_hooks.embeddings.HybridStore` (``True``: the default MiniLM model); the
+    report then says how long embedding took at ingest and per query.
     """
     import uuid
 
@@ -158,11 +171,28 @@ async def run_recall_bench(
     tokens: dict[int, list[int]] = {b: [] for b in budgets}
     latency: dict[int, list[float]] = {b: [] for b in budgets}
     questions = 0
+    embedder: Embedder | None = None
+    if embeddings is not False:
+        from ..embeddings import default_embedder
+
+        embedder = default_embedder() if embeddings is True else embeddings
+    emb = {"texts": 0, "ingest_s": 0.0, "ingest_wall_s": 0.0, "queries": 0, "query_s": 0.0}
     for conv in data.conversations:
         store = open_store(store_url or "sqlite://:memory:")
+        hybrid = None
+        if embedder is not None:
+            from ..embeddings import HybridStore
+
+            store = hybrid = HybridStore(store, embedder)
         user_id = f"bench-{conv.id}-{uuid.uuid4().hex[:8]}" if store_url else f"bench-{conv.id}"
         try:
+            t_ingest = time.perf_counter()
             await ingest_conversation(store, conv, user_id)
+            if hybrid is not None:
+                emb["ingest_wall_s"] += time.perf_counter() - t_ingest
+                emb["texts"] += hybrid.embedded_texts
+                emb["ingest_s"] += hybrid.embed_seconds
+                before = (hybrid.embedded_texts, hybrid.embed_seconds)
             recaller = Recaller(store, config=config, counter=counter)
             for q in conv.questions:
                 questions += 1
@@ -177,9 +207,23 @@ async def run_recall_bench(
                     scores[b].append((q.category, evidence_recall(result, q.evidence)))
                 if progress is not None:
                     progress(1)
+            if hybrid is not None:
+                emb["queries"] += hybrid.embedded_texts - before[0]
+                emb["query_s"] += hybrid.embed_seconds - before[1]
         finally:
             await store.close()
     report = RecallBenchReport(data.name, questions)
+    if embedder is not None:
+        report.embeddings = {
+            "model": embedder.model_id,
+            "texts_embedded_at_ingest": int(emb["texts"]),
+            "ingest_embed_s": round(emb["ingest_s"], 2),
+            "ingest_wall_s": round(emb["ingest_wall_s"], 2),
+            "texts_per_s": round(emb["texts"] / emb["ingest_s"], 1) if emb["ingest_s"] else 0.0,
+            "query_embed_ms_mean": (
+                round(emb["query_s"] * 1000 / emb["queries"], 2) if emb["queries"] else 0.0
+            ),
+        }
     for b in budgets:
         by_cat: dict[str, list[float]] = {}
         for cat, s in scores[b]:

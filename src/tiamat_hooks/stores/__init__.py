@@ -16,6 +16,7 @@ from .base import DEFAULT_SEARCH_KINDS, MemoryStore
 from .sqlite import SQLiteMemoryStore
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..embeddings import Embedder
     from ..redaction import Redactor
 
 __all__ = [
@@ -40,7 +41,11 @@ def default_store_url() -> str:
 
 
 def open_store(
-    url: str | Path | None = None, *, redact: bool | Redactor | None = None, **options: Any
+    url: str | Path | None = None,
+    *,
+    redact: bool | Redactor | None = None,
+    embeddings: bool | Embedder = False,
+    **options: Any,
 ) -> MemoryStore:
     """Build a store from a URL. No I/O happens until the store is first used.
 
@@ -55,8 +60,14 @@ def open_store(
     means on for remote stores (``http(s)://``) and off for local ones; ``True`` uses the
     :class:`~tiamat_hooks.redaction.DefaultRedactor`; a ``Redactor`` is used as given.
 
+    ``embeddings``: wrap the store in a :class:`~tiamat_hooks.embeddings.HybridStore` (dense
+    retrieval fused with the store's search; extra ``tiamat-hooks[embeddings]``). ``True`` uses
+    the bundled all-MiniLM-L6-v2 model; an ``Embedder`` is used as given. Off by default. With
+    redaction too, redaction is applied first, so only redacted text is embedded.
+
     Raises:
-        ConfigError: the URL has an unknown scheme or is malformed, or ``redact`` is invalid.
+        ConfigError: the URL has an unknown scheme or is malformed, ``redact`` or ``embeddings``
+            is invalid, or ``embeddings`` is asked for without the extra installed.
     """
     from ..redaction import RedactingStore, Redactor
 
@@ -72,9 +83,17 @@ def open_store(
     remote = isinstance(url, str) and url.lower().startswith(("http://", "https://"))
     if redact is None:
         redact = remote
-    if redact is False:
+    if redact is not False:
+        store = RedactingStore(store, None if redact is True else redact)
+    if embeddings is False:
         return store
-    return RedactingStore(store, None if redact is True else redact)
+    from ..embeddings import Embedder, HybridStore
+
+    if embeddings is True:
+        return HybridStore(store)
+    if not isinstance(embeddings, Embedder):
+        raise ConfigError("embeddings must be True, False or an Embedder (model_id, dim, embed)")
+    return HybridStore(store, embeddings)
 
 
 def _open(url: str | Path | None, **options: Any) -> MemoryStore:

