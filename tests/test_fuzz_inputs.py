@@ -502,3 +502,10 @@ def _schemathesis_test() -> Any:
 
 
 test_server_api_never_errors_and_conforms = _schemathesis_test()
+
+
+@pytest.mark.parametrize("summary", [1, "text", None, [1, {"text": 2}, {"text": "ok"}]])
+def test_reasoning_item_with_odd_summary(summary: Any) -> None:
+    """Found by the fuzzing above: a reasoning item whose summary is not a list of parts."""
+    record = item_to_record({"type": "reasoning", "summary": summary}, user_id="u", session_id="s")
+    assert record.text == ("ok" if isinstance(summary, list) else "")

@@ -74,8 +74,11 @@ def item_text(item: Mapping[str, Any]) -> str:
         out = item.get("output")
         text = f"tool result: {out if isinstance(out, str) else _content_text(out)}"
     elif kind == "reasoning":
-        summary = item.get("summary") or []
-        text = " ".join(s.get("text", "") for s in summary if isinstance(s, Mapping))
+        summary = item.get("summary")
+        parts = summary if isinstance(summary, (list, tuple)) else []
+        text = " ".join(
+            s["text"] for s in parts if isinstance(s, Mapping) and isinstance(s.get("text"), str)
+        )
     else:
         text = json.dumps(
             {k: v for k, v in item.items() if k not in ("id",)}, ensure_ascii=False, default=str
