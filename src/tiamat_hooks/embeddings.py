@@ -276,17 +276,12 @@ def _units(rec: MemoryRecord, previous: str | None, *, with_context: bool) -> li
     """The record's index units, exactly as the SQLite store builds them, and the text embedded."""
     from .stores.sqlite import UNITS_PER_RECORD
 
-    context = previous if rec.kind == "turn" else None
-    speaker = rec.meta.get("speaker") if rec.meta else None
-    if isinstance(speaker, str) and speaker:
-        context = f"{speaker}: {context or ''}"
-    units = list(index_units(rec.text, context))
-    if len(units) > UNITS_PER_RECORD:
-        last = units[UNITS_PER_RECORD - 1]
-        units = [
-            *units[: UNITS_PER_RECORD - 1],
-            type(last)(last.start, len(rec.text), rec.text[last.start :], ""),
-        ]
+    units = index_units(
+        rec.text,
+        previous if rec.kind == "turn" else None,
+        speaker=rec.meta.get("speaker") if rec.meta else None,
+        max_units=UNITS_PER_RECORD,
+    )
     n = len(rec.text)
     out = []
     for u in units:

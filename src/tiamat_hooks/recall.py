@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -35,10 +34,9 @@ from .dates import date_windows
 from .errors import ConfigError
 from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
 from .stores.base import MemoryStore
-from .text import STOP_WORDS, query_terms, sentence_windows
+from .text import STOP_WORDS, query_terms, sentence_windows, words
 from .tokens import TokenCounter
 
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _FIRST_PERSON = frozenset({"i", "me", "my", "mine", "myself", "i'm", "i've", "i'd", "i'll"})
 _SECOND_PERSON = frozenset({"you", "your", "yours", "yourself", "you're", "you've", "you'd"})
 
@@ -385,9 +383,9 @@ class Recaller:
         Only the user's own new message is read (not the added context), and a message using both
         persons lifts nothing.
         """
-        words = {w.lower() for w in _WORD.findall(message[:2000])}
-        first = bool(words & _FIRST_PERSON)
-        second = bool(words & _SECOND_PERSON)
+        said = set(words(message[:2000]))
+        first = bool(said & _FIRST_PERSON)
+        second = bool(said & _SECOND_PERSON)
         if first == second:
             return
         role = "user" if first else "assistant"

@@ -7,7 +7,6 @@ a long turn is split, so a span reported by a store is a span recall can render.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -16,6 +15,7 @@ __all__ = [
     "index_units",
     "query_terms",
     "sentence_windows",
+    "words",
 ]
 
 # A compact English stop-word list (articles, pronouns, auxiliaries, question words). Removing
@@ -43,6 +43,11 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
 
 MAX_QUERY_TERMS = 64
 """Most distinct terms a query keeps (the first ones, in order)."""
+
+
+def words(text: str) -> list[str]:
+    """Every word of ``text``, lower-cased, in order (stop words included)."""
+    return [w.lower() for w in _WORD.findall(text)]
 
 
 def query_terms(text: str, *, max_terms: int = MAX_QUERY_TERMS) -> list[str]:
@@ -130,9 +135,29 @@ CONTEXT_MAX_CHARS = 300
 """A previous turn at most this long (~64 tokens) is indexed as context of the next one."""
 
 
-def index_units(text: str, previous: str | None = None) -> Iterator[IndexUnit]:
-    """The units a store indexes for one record (see :class:`IndexUnit`)."""
+def index_units(
+    text: str,
+    previous: str | None = None,
+    *,
+    speaker: object = None,
+    max_units: int | None = None,
+) -> list[IndexUnit]:
+    """The units a store indexes for one record (see :class:`IndexUnit`).
+
+    ``speaker`` (a non-empty string; anything else is ignored) goes into the first unit's context
+    before ``previous``: who said it is part of what a turn is about ("what did Ann say about
+    ..."). The context is kept only when it is at most :data:`CONTEXT_MAX_CHARS` long. With
+    ``max_units``, the last allowed unit runs to the end of the text.
+    """
+    if isinstance(speaker, str) and speaker:
+        previous = f"{speaker}: {previous or ''}"
     context = previous if previous is not None and len(previous) <= CONTEXT_MAX_CHARS else ""
+    if len(text) <= LONG_UNIT_CHARS:
+        return [IndexUnit(0, len(text), text, context)]
     windows = sentence_windows(text, max_chars=LONG_UNIT_CHARS)
-    for i, (s, e) in enumerate(windows):
-        yield IndexUnit(s, e, text[s:e], context if i == 0 else "")
+    if max_units is not None and len(windows) > max_units:
+        keep = windows[: max_units - 1]
+        windows = [*keep, (windows[max_units - 1][0], len(text))]
+    return [
+        IndexUnit(s, e, text[s:e], context if i == 0 else "") for i, (s, e) in enumerate(windows)
+    ]

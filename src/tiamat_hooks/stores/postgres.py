@@ -561,7 +561,8 @@ class PostgresMemoryStore:
         unit_rows: list[tuple[Any, ...]] = []
         for rec, _item, _meta, context in new:
             rowid = rowid_of[(rec.user_id, rec.key)]
-            for i, u in enumerate(index_units(rec.text, context)):
+            units = index_units(rec.text, context, speaker=rec.meta.get("speaker"))
+            for i, u in enumerate(units):
                 unit_rows.append((rowid, i, u.start, u.end, u.body, u.context, rec))
         await conn.execute(
             f"INSERT INTO {s}.units (record_rowid, unit, user_id, agent_id, session_id, kind, "

@@ -37,7 +37,7 @@ from ..models import (
     StoreCapabilities,
     StoreStats,
 )
-from ..text import CONTEXT_MAX_CHARS, LONG_UNIT_CHARS, IndexUnit, index_units, query_terms
+from ..text import index_units, query_terms
 from .base import DEFAULT_SEARCH_KINDS
 
 __all__ = ["SQLiteMemoryStore"]
@@ -144,18 +144,21 @@ _FAST_CONSTRUCT = (
 )
 
 
+def _assemble(values: dict[str, Any], fields_set: set[str]) -> MemoryRecord:
+    """A record from already valid ``values`` (every field), as ``model_construct`` builds it."""
+    if not _FAST_CONSTRUCT:
+        return MemoryRecord.model_construct(fields_set, **values)
+    rec = _new_record(MemoryRecord)
+    _set(rec, "__dict__", values)
+    _set(rec, "__pydantic_fields_set__", fields_set)
+    _set(rec, "__pydantic_extra__", None)
+    _set(rec, "__pydantic_private__", None)
+    return rec
+
+
 def _with_seq(rec: MemoryRecord, seq: int) -> MemoryRecord:
     """``rec.model_copy(update={"seq": seq})``, cheaper (every stored turn gets its seq)."""
-    if not _FAST_CONSTRUCT:
-        return rec.model_copy(update={"seq": seq})
-    values = dict(rec.__dict__)
-    values["seq"] = seq
-    out = _new_record(MemoryRecord)
-    _set(out, "__dict__", values)
-    _set(out, "__pydantic_fields_set__", rec.model_fields_set | {"seq"})
-    _set(out, "__pydantic_extra__", None)
-    _set(out, "__pydantic_private__", None)
-    return out
+    return _assemble({**rec.__dict__, "seq": seq}, rec.model_fields_set | {"seq"})
 
 
 def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
@@ -174,14 +177,7 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> MemoryRecord:
         "key": row[11],
         "meta": {} if meta == "{}" else json.loads(meta),
     }
-    if not _FAST_CONSTRUCT:
-        return MemoryRecord.model_construct(**values)
-    rec = _new_record(MemoryRecord)
-    _set(rec, "__dict__", values)
-    _set(rec, "__pydantic_fields_set__", set(_FIELDS))
-    _set(rec, "__pydantic_extra__", None)
-    _set(rec, "__pydantic_private__", None)
-    return rec
+    return _assemble(values, set(_FIELDS))
 
 
 class SQLiteMemoryStore:
@@ -574,25 +570,13 @@ def _insert(conn: sqlite3.Connection, batch: list[MemoryRecord]) -> list[MemoryR
                 json.dumps(rec.meta, ensure_ascii=False) if rec.meta else "{}",
             )
         )
-        context = prev_text.get(sess) if rec.kind == "turn" else None
-        speaker = rec.meta.get("speaker")
-        if isinstance(speaker, str) and speaker:
-            # Who said it is part of what a turn is about ("what did Ann say about ...").
-            context = f"{speaker}: {context or ''}"
         scope_tokens = _scope_tokens(rec.user_id, rec.agent_id, rec.session_id or "", rec.kind)
-        if len(rec.text) <= LONG_UNIT_CHARS:
-            # What index_units gives a short text (one unit), without its generator.
-            if context is None or len(context) > CONTEXT_MAX_CHARS:
-                context = ""
-            units = [IndexUnit(0, len(rec.text), rec.text, context)]
-        else:
-            units = list(index_units(rec.text, context))
-        if len(units) > UNITS_PER_RECORD:
-            last = units[UNITS_PER_RECORD - 1]
-            units = [
-                *units[: UNITS_PER_RECORD - 1],
-                type(last)(last.start, len(rec.text), rec.text[last.start :], ""),
-            ]
+        units = index_units(
+            rec.text,
+            prev_text.get(sess) if rec.kind == "turn" else None,
+            speaker=rec.meta.get("speaker"),
+            max_units=UNITS_PER_RECORD,
+        )
         unit_rows.extend(
             (rowid * UNITS_PER_RECORD + i, scope_tokens, u.body, u.context, f"{u.start}:{u.end}")
             for i, u in enumerate(units)
