@@ -492,6 +492,29 @@ def test_compact_input_keeps_pinned_memory_and_newest_request() -> None:
     assert result.items[-2:] == items[-2:]
 
 
+def test_compact_input_gives_up_recent_history_before_going_over_budget() -> None:
+    """A huge last reply yields to memory and the request; it is the last history to go."""
+    memory = msg("user", "<memory>\nrecalled " + "fact " * 40 + "\n</memory>")
+    old = convo_items(3)
+    long_reply = msg("assistant", "Here is a very long answer. " * 120)
+    request = msg("user", "And what did I say about order 2?")
+    items = [memory, *old, msg("user", "Tell me everything."), long_reply, request]
+    costs = [count_item_tokens(it, COUNTER) for it in items]
+    budget = costs[0] + costs[-2] + costs[-1] - 1  # memory + reply + request: one token over
+    result = compact_input(
+        items, [], context_budget=budget, seq_of={}, counter=COUNTER, keep_last=4, pinned={0}
+    )
+    assert result.fits
+    # History is trimmed oldest first and stays a contiguous tail: the reply goes last.
+    assert result.items == [memory, request]
+    assert result.dropped == tuple(range(1, len(items) - 1))
+    # With room for the reply, the older turns go and the reply stays verbatim.
+    result = compact_input(
+        items, [], context_budget=budget + 1, seq_of={}, counter=COUNTER, keep_last=4, pinned={0}
+    )
+    assert result.items == [memory, long_reply, request]
+
+
 def test_compact_input_validates() -> None:
     with pytest.raises(InvalidInputError):
         compact_input([], [], context_budget=-1, seq_of={}, counter=COUNTER)
@@ -610,25 +633,35 @@ def test_compact_input_properties(
         if it.get("type") == "reasoning":
             assert i + 1 < len(result.items) and result.items[i + 1].get("type") == "function_call"
 
-    # Protected items survive: pinned, last keep_last groups, newest user request.
+    # Protected items survive: pinned, the newest user request, and the last keep_last groups
+    # from the request on. The last keep_last groups before it are history, removed last.
     groups = atomic_groups(items)
-    protected = {g for g in range(max(0, len(groups) - keep_last), len(groups))}
     users = [
         i
         for i, it in enumerate(items)
         if it.get("role") == "user" and i not in pinned and it.get("type") == "message"
     ]
-    for g, (s, e) in enumerate(groups):
-        if (pin_first and s == 0) or (users and s <= users[-1] < e):
+    request = next((g for g, (s, e) in enumerate(groups) if users and s <= users[-1] < e), None)
+    tail_from = max(0, len(groups) - keep_last)
+    protected = {g for g in range(tail_from, len(groups)) if request is None or g >= request}
+    for g, (s, _e) in enumerate(groups):
+        if (pin_first and s == 0) or g == request:
             protected.add(g)
     protected_idx = [i for g in protected for i in range(*groups[g])]
     for i in protected_idx:
         assert id(items[i]) in kept_ids
-    # The tail is verbatim and in order.
-    tail_start = groups[max(0, len(groups) - keep_last)][0] if keep_last else n
-    tail = items[tail_start:]
+    # The protected tail is verbatim and in order.
+    hard_from = tail_from if request is None else max(tail_from, request)
+    tail = items[groups[hard_from][0] :] if hard_from < len(groups) else []
     if tail:
         assert result.items[-len(tail) :] == tail
+    # Recent history goes last: a dropped group means every older removable group is gone too.
+    removed = set(result.summarized) | set(result.dropped)
+    removable = [g for g in range(len(groups)) if g not in protected]
+    for k, g in enumerate(removable):
+        if groups[g][0] in result.dropped:
+            older = removable[:k]
+            assert all(groups[o][0] in removed for o in older), (g, older)
 
     # Within budget whenever that is achievable.
     floor = sum(costs[i] for i in protected_idx)

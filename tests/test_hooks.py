@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ from agents.run_config import CallModelData, ModelInputData
 from agents.testing import ModelCall, ScriptedModel, assistant_message, function_call
 from agents.tool import Tool
 
-from tiamat_hooks.errors import StoreUnavailableError
+from tiamat_hooks.errors import ConfigError, StoreUnavailableError
 from tiamat_hooks.hooks import TiamatHooks
 from tiamat_hooks.items import item_text, to_jsonable
 from tiamat_hooks.models import MemoryRecord, Scope, StoreCapabilities
@@ -796,3 +797,31 @@ async def test_user_name_callable_and_default(store: SQLiteMemoryStore, user_id:
         None,
         "helper",
     ]
+
+
+async def test_clock_dates_stored_turns_and_recall(store: SQLiteMemoryStore, user_id: str) -> None:
+    """``clock`` is "now" for stored turns and for recall: a conversation replayed at its
+    recorded time keeps its dates, and "last Tuesday" is resolved against the clock."""
+    now = [datetime(2023, 5, 2, 15, 0, tzinfo=timezone.utc)]  # a Tuesday
+    hooks = TiamatHooks(store, user_id=user_id, session_id="s-clock", clock=lambda: now[0])
+    agent = Agent(name="helper", model=ScriptedModel([reply("Noted.")]))
+    await Runner.run(agent, FACT, hooks=hooks)
+    await hooks.flush()
+    assert {r.created_at for r in await turns(store, user_id, "s-clock")} == {now[0]}
+
+    now[0] = datetime(2023, 5, 10, 9, 0, tzinfo=timezone.utc)  # the Wednesday after
+    model = ScriptedModel([reply("A golden retriever.")])
+    await Runner.run(
+        Agent(name="helper", model=model), "What did I say about my dog last Tuesday?", hooks=hooks
+    )
+    await hooks.flush()
+    (memory,) = memory_items(model.calls[0])
+    assert "Today is 2023-05-10 Wed." in memory["content"]
+    assert "[2023-05-02 Tue]" in memory["content"] and "golden retriever" in memory["content"]
+    assert max(r.created_at for r in await turns(store, user_id, "s-clock")) == now[0]
+
+
+@pytest.mark.parametrize("clock", [42, lambda: "2023-05-02", lambda: datetime(2023, 5, 2)])
+def test_clock_must_give_an_aware_datetime(clock: Any) -> None:
+    with pytest.raises(ConfigError, match="clock"):
+        TiamatHooks(":memory:", user_id="u", clock=clock)

@@ -312,3 +312,27 @@ async def test_date_cue_lifts_the_day_it_points_at(store: SQLiteMemoryStore) -> 
             Scope(user), message, now=now
         )
         assert [s.record.session_id for s in result.snippets] == [sess], message
+
+
+async def test_a_long_session_gets_a_date_line_per_day(store: SQLiteMemoryStore) -> None:
+    """One session spanning weeks: each excerpt sits under the date it was said, not under the
+    session's first day (a long-lived agent session is still dated correctly)."""
+    user = new_id()
+    said = [
+        (T0, "My sister Ines visits Lisbon in spring."),
+        (T0 + timedelta(days=20), "Ines cancelled her Lisbon trip."),
+    ]
+    await store.add(
+        [
+            make_record(user_id=user, session_id="long", role="user", text=t, created_at=at)
+            for at, t in said
+        ]
+    )
+    result = await Recaller(store, counter=COUNTER).recall(Scope(user), "Ines Lisbon", now=NOW)
+    lines = result.block.splitlines()
+    first = lines.index("[2024-01-10 Wed]")
+    second = lines.index("[2024-01-30 Tue]")
+    assert first < second
+    assert any("visits Lisbon" in line for line in lines[first:second])
+    assert any("cancelled" in line for line in lines[second:])
+    assert result.tokens == COUNTER.count(result.block) <= RecallConfig().budget

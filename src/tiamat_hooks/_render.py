@@ -36,4 +36,4 @@ def speaker_label(record: MemoryRecord) -> str:
 
 def day(dt: datetime) -> str:
     """``YYYY-MM-DD`` of ``dt`` in UTC."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return dt.astimezone(timezone.utc).date().isoformat()

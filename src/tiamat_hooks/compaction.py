@@ -894,8 +894,10 @@ def compact_input(
        kept or removed together, so the result never holds an orphan ``function_call_output``
        (SDK issue #4322) nor a call whose output the input held.
     2. Protected, never removed: runs holding a ``pinned`` index (the injected memory item), the
-       last ``keep_last`` runs, and the run of the newest user message that is not pinned (the
-       request being answered). Everything else is *removable*.
+       run of the newest user message that is not pinned (the request being answered), and those
+       of the last ``keep_last`` runs that come after it (the tool calls of the run in progress).
+       Everything else is *removable*, oldest first — so the last ``keep_last`` runs before the
+       request (the newest history) are kept verbatim unless nothing else makes the input fit.
     3. Summarize: removable runs whose every item maps (through ``seq_of``: original index →
        stored turn seq, ``None``/absent for items never stored, e.g. the current run's) to a seq
        covered by one of ``summaries`` are replaced oldest-first — the fewest that make it fit,
@@ -939,11 +941,16 @@ def compact_input(
         ),
         None,
     )
-    protected = set(range(max(0, len(groups) - keep_last), len(groups)))
+    request = next(
+        (g for g, (s, e) in enumerate(groups) if newest_user is not None and s <= newest_user < e),
+        None,
+    )
+    # The last keep_last runs from the request on are the work in progress: never removed. Those
+    # before the request are history: removable, but last (they are the newest removable runs).
+    tail_from = max(0, len(groups) - keep_last)
+    protected = {g for g in range(tail_from, len(groups)) if request is None or g >= request}
     for g, (s, e) in enumerate(groups):
-        if any(i in pinned_set for i in range(s, e)) or (
-            newest_user is not None and s <= newest_user < e
-        ):
+        if any(i in pinned_set for i in range(s, e)) or g == request:
             protected.add(g)
     removable = [g for g in range(len(groups)) if g not in protected]
 

@@ -50,15 +50,16 @@ does the same after ``Runner.run_sync``.
   ``on_llm_start``, on the list the SDK sends; filter: in the returned ``ModelInputData``; the
   same function either way). When history + new input + memory exceed the budget, the oldest
   history items a stored summary covers are replaced by ONE quoted summary item; the memory
-  item, the newest user message and the last four item groups stay verbatim; a tool call and
-  its output are kept or removed together (never an orphan ``function_call_output``). Items no
-  summary covers yet (the newest stored turns, this run's own tool calls) are **kept**; only if
-  the input still does not fit are the oldest of them **trimmed**, whole call/output groups,
-  oldest first. If the protected items alone exceed the budget the input is sent as is and
-  ``stats.over_budget`` counts it. The session's summaries are read once per run (re-read after a
-  compaction of that session finishes). History items compaction removes are no longer
-  "visible", so recall may bring the relevant ones back; recall's budget is inside
-  ``context_budget``. SDK Sessions are untouched: ``get_items()``, ``pop_item()`` and
+  item, the newest user message and the tool calls after it stay verbatim; a tool call and its
+  output are kept or removed together (never an orphan ``function_call_output``). Items no
+  summary covers yet (the newest stored turns) are **kept**; only if the input still does not
+  fit are the oldest of them **trimmed**, whole call/output groups, oldest first — the last four
+  groups of history go last, so a very long last reply yields to memory rather than pushing the
+  input over budget. If the protected items alone exceed the budget (a huge request) the input
+  is sent as is and ``stats.over_budget`` counts it. The session's summaries are read once per
+  run (re-read after a compaction of that session finishes). History items compaction removes
+  are no longer "visible", so recall may bring the relevant ones back; recall's budget is
+  inside ``context_budget``. SDK Sessions are untouched: ``get_items()``, ``pop_item()`` and
   ``clear_session()`` behave exactly as without the hooks.
 
 **Facts.** With ``facts=True`` the current facts (:mod:`tiamat_hooks.facts`) and notes that
@@ -99,6 +100,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Literal, TypeAlias, overload
@@ -123,7 +125,7 @@ from .compaction import (
 from .errors import ConfigError, StoreError, SummarizationError
 from .facts import FactExtractor, learn, relevant_fact_lines
 from .items import item_role, item_text, item_to_record, to_jsonable
-from .models import MemoryRecord, Scope
+from .models import MemoryRecord, Scope, utcnow
 from .recall import RecallConfig, Recaller, RecallResult
 from .redaction import redact_json
 from .stores import MemoryStore, open_store
@@ -178,8 +180,8 @@ class HookStats:
     summarize). ``summaries_written``: summary records those compactions returned.
     ``input_compactions``: model calls whose input was shrunk to ``context_budget``.
     ``over_budget``: model calls sent over ``context_budget`` because the protected items alone
-    (memory, the newest turns, the request) exceed it. ``facts_learned``: triples stored by the
-    optional fact extractor. ``failures``: failures by operation (``"recall"``, ``"persist"``,
+    (memory, the request, this run's tool calls) exceed it. ``facts_learned``: triples stored by
+    the optional fact extractor. ``failures``: failures by operation (``"recall"``, ``"persist"``,
     ``"compact"``, ``"facts"``). ``last_error_type``: class name of the newest failure.
     """
 
@@ -346,6 +348,12 @@ def _sdk_version() -> tuple[int, int] | None:
         return None
 
 
+def _check_now(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ConfigError(f"clock must return a timezone-aware datetime, got {value!r}")
+    return value
+
+
 def _sensitive_default() -> bool:
     # The SDK's own default for RunConfig.trace_include_sensitive_data.
     val = os.getenv("OPENAI_AGENTS_TRACE_INCLUDE_SENSITIVE_DATA", "true")
@@ -424,10 +432,14 @@ class TiamatHooks(RunHooks[Any]):
             always stored with the agent's ``name`` as ``speaker`` (after a handoff, the agent
             that answered). Recall quotes each turn under its speaker and lifts what a speaker
             named in the query said. It is a label for the model: ``user_id`` stays the scope.
+        clock: what "now" is: a callable returning a timezone-aware ``datetime``, used as the
+            time of stored turns and learned facts and as recall's "today" (date cues such as
+            "last Tuesday" and the block's date line). Default: the UTC wall clock. Set it to
+            replay or import past conversations at their original times, or in tests.
 
     Raises:
         ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``,
-            empty ``user_name``).
+            empty ``user_name``, a ``clock`` that does not return an aware ``datetime``).
 
     The constructor does no I/O.
     """
@@ -455,6 +467,7 @@ class TiamatHooks(RunHooks[Any]):
         facts: bool = True,
         fact_extractor: FactExtractor | None = None,
         user_name: IdSource | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if not (isinstance(user_id, str) or callable(user_id)):
             raise ConfigError("user_id must be a string or a callable of the run context")
@@ -469,6 +482,10 @@ class TiamatHooks(RunHooks[Any]):
             )
         if role not in ("user", "developer", "system"):
             raise ConfigError(f"role must be 'user', 'developer' or 'system', got {role!r}")
+        if clock is not None:
+            if not callable(clock):
+                raise ConfigError(f"clock must be a callable returning a datetime, got {clock!r}")
+            _check_now(clock())
         for name, value in (
             ("token_budget", token_budget),
             ("top_k", top_k),
@@ -525,6 +542,7 @@ class TiamatHooks(RunHooks[Any]):
         self.facts = facts
         self.fact_extractor = fact_extractor
         self.user_name = user_name
+        self.clock = clock
         self.stats = HookStats()
         self._recaller: Recaller | None = None
         self._compactors: dict[int, Compactor] = {}
@@ -551,6 +569,12 @@ class TiamatHooks(RunHooks[Any]):
             counter = TokenCounter(self.encoding)
             self._recaller = Recaller(self.store, config=self.recall_config, counter=counter)
         return self._recaller
+
+    def now(self) -> datetime:
+        """The current time per ``clock`` (UTC wall clock by default)."""
+        if self.clock is None:
+            return utcnow()
+        return _check_now(self.clock())
 
     @property
     def counter(self) -> TokenCounter:
@@ -628,6 +652,7 @@ class TiamatHooks(RunHooks[Any]):
             recaller=self.recaller,
             counter=self.counter,
             include_learn_fact=include_learn_fact,
+            clock=self.now,
         )
 
     async def input_filter(self, data: CallModelData[Any]) -> ModelInputData:
@@ -1022,6 +1047,7 @@ class TiamatHooks(RunHooks[Any]):
                     recall_scope,
                     message,
                     context=context,
+                    now=self.now(),
                     exclude_ids=exclude,
                     budget=budget,
                     facts=facts,
@@ -1128,7 +1154,7 @@ class TiamatHooks(RunHooks[Any]):
                 prepared.budget_logged = True
                 logger.warning(
                     "tiamat-hooks: model input of %d tokens exceeds context_budget=%d even "
-                    "after compaction (memory, the newest turns and the request are kept); "
+                    "after compaction (memory, the request and this run's tool calls are kept); "
                     "sent as is (logged once per run, counted in hooks.stats.over_budget)",
                     result.tokens_after,
                     self.context_budget,
@@ -1214,7 +1240,13 @@ class TiamatHooks(RunHooks[Any]):
             triples = await extractor.extract("\n".join(texts))
             for t in triples:
                 await learn(
-                    self.store, scope, t.subject, t.predicate, t.object, confidence=t.confidence
+                    self.store,
+                    scope,
+                    t.subject,
+                    t.predicate,
+                    t.object,
+                    confidence=t.confidence,
+                    valid_from=self.now(),
                 )
                 self.stats.facts_learned += 1
         except Exception as exc:  # a model or store failure: counted, never raised into a run
@@ -1324,6 +1356,7 @@ class TiamatHooks(RunHooks[Any]):
                 if item_role(d) in ("user", "assistant")
             )
         records = []
+        now = self.now()
         for data, meta in zip(items, metas, strict=True):
             records.append(
                 item_to_record(
@@ -1331,6 +1364,7 @@ class TiamatHooks(RunHooks[Any]):
                     user_id=prepared.user_id,
                     session_id=prepared.session_id,
                     agent_id=agent_id,
+                    created_at=now,
                     key=f"{state.run_id}:{state.next_pos}",
                     meta=meta,
                 )

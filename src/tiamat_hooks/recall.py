@@ -175,22 +175,28 @@ def _date(dt: datetime) -> str:
     return f"{day(dt)} {dt.astimezone(timezone.utc).strftime('%a')}"
 
 
+def _group(record: MemoryRecord) -> tuple[str | None, str | None, str]:
+    """Excerpts under one date line: same user, same session, same (UTC) day."""
+    return (record.user_id, record.session_id, day(record.created_at))
+
+
 def render_block(
     snippets: Sequence[Snippet], *, now: datetime, header: str, facts: Sequence[str] = ()
 ) -> str:
-    """Render snippets grouped by session, oldest session first.
+    """Render snippets grouped by session and day, oldest first.
 
     Dates are absolute: today's date once in the frame, then one ``[YYYY-MM-DD Ddd]`` line per
-    session (the weekday lets "last Tuesday" be resolved) — a relative "N days ago" on every
-    session would spend tokens on what the model can compute from the two dates.
+    session and day (the weekday lets "last Tuesday" be resolved; a session that runs for weeks
+    gets a line for each day it has excerpts from) — a relative "N days ago" on every line would
+    spend tokens on what the model can compute from the two dates.
     """
     lines = ["<memory>", f"{header} Today is {_date(now)}."]
     if facts:
         lines.append("Known facts:")
         lines.extend(f"> {f}" for f in facts)
-    groups: dict[tuple[str | None, str | None], list[Snippet]] = {}
+    groups: dict[tuple[str | None, str | None, str], list[Snippet]] = {}
     for snip in snippets:
-        groups.setdefault((snip.record.user_id, snip.record.session_id), []).append(snip)
+        groups.setdefault(_group(snip.record), []).append(snip)
 
     def first_time(items: list[Snippet]) -> datetime:
         return min(s.record.created_at for s in items)
@@ -491,10 +497,10 @@ class Recaller:
             return u.score * math.pow(typical / max(u.cost, 1), cfg.cost_exponent)
 
         chosen: list[_Unit] = []
-        sessions: set[tuple[str, str | None]] = set()
+        sessions: set[tuple[str | None, str | None, str]] = set()
         session_header = count("[2024-01-01 Mon]\n")
         for u in sorted(units, key=priority, reverse=True):
-            sess = (u.record.user_id, u.record.session_id)
+            sess = _group(u.record)
             extra = 0 if sess in sessions else session_header
             if u.cost * 0.6 + extra > remaining:  # cannot fit even if the estimate is generous
                 continue

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from agents import FunctionTool, RunContextWrapper, function_tool
 
 from .errors import InvalidInputError
 from .facts import current_facts, learn, note, render_fact
-from .models import Scope, SearchHit
+from .models import Scope, SearchHit, utcnow
 from .recall import Recaller
 from .stores.base import MemoryStore
 from .tokens import TokenCounter
@@ -62,6 +62,7 @@ def memory_tools(
     include_learn_fact: bool = True,
     max_result_tokens: int = 800,
     search_limit: int = 8,
+    clock: Callable[[], datetime] = utcnow,
 ) -> list[FunctionTool]:
     """Build the memory tools, bound to ``store`` and to the scope of each run.
 
@@ -74,6 +75,8 @@ def memory_tools(
       note twice is stored once.
     * ``learn_fact(subject, predicate, object)`` — only when ``include_learn_fact``; stores a
       triple (:func:`tiamat_hooks.facts.learn`) that supersedes the older value of its slot.
+
+    ``clock`` is "now": recall's today and the ``valid_from`` of learned facts.
 
     Invalid arguments come back to the model as a short explanation. Store errors are raised
     and reach the model through the SDK's tool error handling (``failure_error_function``).
@@ -106,7 +109,7 @@ def memory_tools(
             lines.extend(_excerpt(h) for h in notes)
         if recaller is not None:
             budget = max(0, max_result_tokens - counter.count("\n".join(lines)))
-            result = await recaller.recall(reads, query, budget=budget)
+            result = await recaller.recall(reads, query, budget=budget, now=clock())
             if result.block:
                 lines.append(result.block)
         else:
@@ -144,7 +147,9 @@ def memory_tools(
             object: the value, e.g. "Berlin".
         """
         try:
-            stored = await learn(store, scope_of(ctx), subject, predicate, object)
+            stored = await learn(
+                store, scope_of(ctx), subject, predicate, object, valid_from=clock()
+            )
         except InvalidInputError as exc:
             return f"Not learned: {exc}"
         return f"Learned: {_line(stored.text)}"

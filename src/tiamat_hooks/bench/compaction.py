@@ -14,9 +14,9 @@ Defaults (CLI and :func:`run_compaction_bench`): ``context_budget`` 1,536, recal
 1,280 inside it, ``compact_after_tokens`` 512. The split: whatever recall does not take goes to
 the verbatim history (the last turns, then summaries). Questions about a long past are answered
 from recall, not from the last few turns, so recall gets most of the budget; the history keeps
-the newest turns and the request (about 256 tokens). Measured on LoCoMo (3 conversations × 20
-questions): recall 1,024 → 1,280 raises evidence visible from 0.854 to 0.882 with the token
-ratio at 0.147 either way (recall fills the same budget the history would).
+the request and as many of the newest turns as fit (about 256 tokens). Measured on LoCoMo
+(3 conversations × 20 questions): recall 1,024 → 1,280 raises evidence visible from 0.854 to
+0.882 with the token ratio at 0.147 either way (recall fills the same budget the history would).
 
 After each run the hooks are flushed (background compaction lands between user turns, as it
 would in a live conversation). Then every question (up to ``max_questions`` per conversation,
@@ -48,6 +48,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..compaction import count_item_tokens
@@ -56,7 +57,7 @@ from ..items import item_text, to_jsonable
 from ..stores import open_store
 from ..tokens import TokenCounter
 from .dataset import BenchConversation, BenchDataset
-from .recall import turn_text
+from .recall import parse_time, turn_text
 
 __all__ = [
     "CompactionBenchReport",
@@ -80,6 +81,8 @@ class Run:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     output_ids: tuple[str, ...]
+    at: datetime | None = None
+    """When the run took place: its first turn's session start plus one second per turn."""
 
 
 def replay_runs(conv: BenchConversation) -> list[Run]:
@@ -88,21 +91,25 @@ def replay_runs(conv: BenchConversation) -> list[Run]:
     inputs: list[str] = []
     outputs: list[str] = []
     ids: list[str] = []
+    at: datetime | None = None
     for session in conv.sessions:
-        for t in session.turns:
+        started = parse_time(session.started_at)
+        for i, t in enumerate(session.turns):
             text = turn_text(t.text, t.image_caption)
             if t.role == "user":
                 if outputs:
-                    runs.append(Run(tuple(inputs), tuple(outputs), tuple(ids)))
-                    inputs, outputs, ids = [], [], []
+                    runs.append(Run(tuple(inputs), tuple(outputs), tuple(ids), at))
+                    inputs, outputs, ids, at = [], [], [], None
                 inputs.append(text)
             else:
                 outputs.append(text)
                 ids.append(t.id)
+            if at is None:
+                at = started + timedelta(seconds=i)
     if inputs or outputs:
         if not outputs:
             outputs, ids = [""], [f"{conv.id}-end"]
-        runs.append(Run(tuple(inputs), tuple(outputs), tuple(ids)))
+        runs.append(Run(tuple(inputs), tuple(outputs), tuple(ids), at))
     return runs
 
 
@@ -261,7 +268,12 @@ async def _replay(
     # has no speaker names, so its turns are stored as user/assistant).
     speakers = conv.speakers or {}
     agent_name = speakers.get("assistant") or "assistant"
-    hooks_options = {"user_name": speakers.get("user"), **hooks_options}
+    # The conversation happened over weeks or months: the hooks' clock follows the recorded
+    # times (each run at its session's start, each question at its ``asked_at``), so stored
+    # turns carry their real dates and recall resolves "last week" as the user meant it.
+    first = parse_time(conv.sessions[0].started_at) if conv.sessions else None
+    now = [first or datetime.now(timezone.utc)]
+    hooks_options = {"user_name": speakers.get("user"), "clock": lambda: now[0], **hooks_options}
     hooks = (
         TiamatHooks(store, user_id=user, session_id=session.session_id, **hooks_options)
         if store is not None
@@ -271,6 +283,8 @@ async def _replay(
     asked = 0
     try:
         for n, run in enumerate(replay_runs(conv)):
+            if run.at is not None:
+                now[0] = max(now[0], run.at)
             model = ScriptedModel(
                 [
                     [
@@ -300,7 +314,9 @@ async def _replay(
             else None
         )
         questions = pick_questions(conv.questions, max_questions)
+        last = now[0]
         for q in questions:
+            now[0] = max(last, parse_time(q.asked_at))
             model = ScriptedModel([[assistant_message(q.answer, item_id=f"answer-{q.id}")]])
             agent = Agent(name=agent_name, model=model)
             await Runner.run(agent, q.question, session=session, hooks=ask, run_config=config)

@@ -34,13 +34,15 @@ __all__ = [
     "RecallBenchReport",
     "evidence_recall",
     "ingest_conversation",
+    "parse_time",
     "run_recall_bench",
 ]
 
 SCORING_ENCODING = "cl100k_base"
 
 
-def _parse_time(value: str) -> datetime:
+def parse_time(value: str) -> datetime:
+    """A benchmark timestamp as an aware datetime (naive ones are UTC)."""
     dt = datetime.fromisoformat(value)
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
@@ -54,7 +56,7 @@ async def ingest_conversation(store: MemoryStore, conv: BenchConversation, user_
     """Write a conversation's turns through the store API; returns how many were stored."""
     n = 0
     for session in conv.sessions:
-        started = _parse_time(session.started_at)
+        started = parse_time(session.started_at)
         records = [
             make_record(
                 user_id=user_id,
@@ -196,7 +198,7 @@ async def run_recall_bench(
             recaller = Recaller(store, config=config, counter=counter)
             for q in conv.questions:
                 questions += 1
-                now = _parse_time(q.asked_at)
+                now = parse_time(q.asked_at)
                 for b in budgets:
                     t0 = time.perf_counter()
                     result = await recaller.recall(Scope(user_id), q.question, now=now, budget=b)
