@@ -86,12 +86,21 @@ async def test_recall_is_scoped_to_user(store: SQLiteMemoryStore) -> None:
     assert result.empty and result.tokens == 0 and result.snippets == ()
 
 
-async def test_future_records_are_not_recalled(store: SQLiteMemoryStore) -> None:
+async def test_records_dated_after_now_only_left_out_when_asked(store: SQLiteMemoryStore) -> None:
+    """By default a record "from the future" (another machine's clock runs ahead) is recalled;
+    ``exclude_future`` (backtests) leaves it out."""
     user = new_id()
     await seed(store, user)
     before = T0 - timedelta(days=1)
     result = await Recaller(store, counter=COUNTER).recall(Scope(user), "Lisbon", now=before)
-    assert result.empty
+    assert any("Lisbon" in s.text for s in result.snippets)
+    backtest = Recaller(store, config=RecallConfig(exclude_future=True), counter=COUNTER)
+    assert (await backtest.recall(Scope(user), "Lisbon", now=before)).empty
+    assert not (await backtest.recall(Scope(user), "Lisbon", now=NOW)).empty
+    # Neighbour turns are held to the same rule: between the two sessions, only the first shows.
+    between = T0 + timedelta(days=10)
+    result = await backtest.recall(Scope(user), "Lisbon bakery violin daughter", now=between)
+    assert result.snippets and all(s.record.created_at <= between for s in result.snippets)
 
 
 async def test_exclude_ids(store: SQLiteMemoryStore) -> None:
