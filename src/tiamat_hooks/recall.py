@@ -78,7 +78,7 @@ class RecallConfig:
 
     budget: int = 1024
     top_k: int | None = None
-    candidates: int = 120
+    candidates: int = 60
     neighbor_weight: float = 0.6
     session_weight: float = 0.5
     kinds: tuple[RecordKind, ...] = ("turn", "summary")
