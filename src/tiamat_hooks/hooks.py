@@ -435,7 +435,8 @@ class TiamatHooks(RunHooks[Any]):
         clock: what "now" is: a callable returning a timezone-aware ``datetime``, used as the
             time of stored turns and learned facts and as recall's "today" (date cues such as
             "last Tuesday" and the block's date line). Default: the UTC wall clock. Set it to
-            replay or import past conversations at their original times, or in tests.
+            replay or import past conversations at their original times, or in tests. It is
+            called once by the constructor, to check what it returns.
 
     Raises:
         ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``,
