@@ -50,6 +50,15 @@ StoreOption = Annotated[
     ),
 ]
 UserOption = Annotated[str, typer.Option("--user", "-u", help="User id whose memory to use.")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")]
+
+
+def _write_json(path: Path | None, data: Any) -> None:
+    """``--json``: write ``data`` as indented JSON to ``path`` (its directory created); no path,
+    nothing written."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:
@@ -342,7 +351,7 @@ def _budgets(value: str) -> list[int]:
 def bench_recall(
     file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
     budget: Annotated[str, typer.Option(help="Token budgets, comma separated.")] = "512,1024,2048",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOption = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG chart of recall by budget.")
     ] = None,
@@ -406,9 +415,7 @@ def bench_recall(
                 f"{e['ingest_embed_s']:.1f} s ({e['texts_per_s']:.0f} texts/s; ingest took "
                 f"{e['ingest_wall_s']:.1f} s in all), {e['query_embed_ms_mean']:.1f} ms per query"
             )
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        _write_json(json_out, report.as_json())
         if plot is not None:
             from .bench.plots import plot_recall
 
@@ -420,7 +427,7 @@ def bench_recall(
 @bench_app.command("compaction")
 def bench_compaction(
     file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOption = None,
     limit_conversations: Annotated[
         int | None,
         typer.Option(help="Replay only the first N conversations (0: all).", min=0),
@@ -496,9 +503,7 @@ def bench_compaction(
             )
             + f"; hooks: {on['stats']}"
         )
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        _write_json(json_out, report.as_json())
 
     _run(go())
 
@@ -629,7 +634,7 @@ def bench_latency(
     ),
     users: Annotated[int, typer.Option(help="Users the turns are spread over.")] = 100,
     queries: Annotated[int, typer.Option(help="Recalls measured at each checkpoint.")] = 200,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOption = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG latency chart.")] = None,
 ) -> None:
     """Recall p50/p95 and persist throughput as the store grows to each size."""
@@ -671,10 +676,7 @@ def bench_latency(
                     f"{p.recall_ms['p50']:.2f} / {p.recall_ms['p95']:.2f}",
                 )
         console.print(table)
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            data = [r.as_json() for r in reports]
-            json_out.write_text(json.dumps(data, indent=2) + "\n")
+        _write_json(json_out, [r.as_json() for r in reports])
         if plot is not None:
             from .bench.plots import plot_latency
 
@@ -699,7 +701,7 @@ def bench_overhead(
     model_latency_ms: Annotated[
         float, typer.Option(min=0, help="Simulated latency per model call, both sides.")
     ] = 0.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """What TiamatHooks add to Runner.run: overhead per model call and the wall-time ratio."""
     from .bench.overhead import run_overhead_bench
@@ -741,9 +743,7 @@ def bench_overhead(
             (f"{report.persist_turns_per_s:,.0f} / {report.persist_turns_per_s_last:,.0f}"),
         )
         console.print(table)
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(data, indent=2) + "\n")
+        _write_json(json_out, data)
 
     _run(go())
 
@@ -761,7 +761,7 @@ def bench_stress(
         Literal["runs", "adds"],
         typer.Option(help="runs: Runner.run with TiamatHooks; adds: store.add batches."),
     ] = "runs",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOption = None,
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds before unfinished workers are terminated.")
     ] = 1800,
@@ -811,7 +811,6 @@ def bench_stress(
     if len(errors) + len(problems) > 20:
         err_console.print(f"... and {len(errors) + len(problems) - 20} more")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         summary = {
             "store": store,
             "mode": mode,
@@ -838,7 +837,7 @@ def bench_stress(
             ],
             "problems": problems,
         }
-        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+        _write_json(json_out, summary)
     if errors or problems:
         raise typer.Exit(1)
 
@@ -961,7 +960,7 @@ def bench_faults(
     ] = "both",
     rate: Annotated[float, typer.Option(help="Share of connections/requests given a fault.")] = 0.3,
     restart_every: Annotated[int, typer.Option(help="Server SIGKILL+restart period (runs).")] = 100,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """Agent runs against a failing memory service: 0 failed runs, 0 lost writes expected."""
     from .bench.faults import run_fault_bench
@@ -989,8 +988,7 @@ def bench_faults(
         return out
 
     figures = _run(go())
-    if json_out is not None:
-        json_out.write_text(json.dumps(figures, indent=2))
+    _write_json(json_out, figures)
     if not all(f["ok"] for f in figures):
         raise typer.Exit(1)
 
@@ -999,7 +997,7 @@ def bench_faults(
 def bench_crash(
     store: StoreOption = None,
     rounds: Annotated[int, typer.Option(help="Writer processes SIGKILLed mid-persist.")] = 100,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """SIGKILL a writer mid-persist ROUNDS times; check integrity and every acknowledged write."""
     from .bench.crash import run_crash_bench
@@ -1012,8 +1010,7 @@ def bench_crash(
         f"integrity problems {len(report.integrity_problems)}, {report.seconds:.0f}s",
         markup=False,
     )
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.as_dict(), indent=2))
+    _write_json(json_out, report.as_dict())
     if not report.ok:
         raise typer.Exit(1)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._sqlite import SQLiteFile
 from .errors import ConfigError
 from .models import (
     MemoryRecord,
@@ -379,42 +380,46 @@ class HybridStore(StoreWrapper):
         """Embed ``records`` (not yet indexed) into ``index``; the previous turns come from it."""
         import numpy as np
 
-        units: list[_Unit] = []
-        fetch: dict[tuple[str | None, int], str | None] = {}
         batch_turns = {(r.session_id, r.seq): r.text for r in records if r.kind == "turn"}
+
+        def previous_key(rec: MemoryRecord) -> tuple[str | None, int] | None:
+            if rec.kind == "turn" and rec.seq is not None and rec.seq > 1:
+                return (rec.session_id, rec.seq - 1)
+            return None
+
+        # Each new turn's previous turn: from this batch, from the index, or read from the store.
+        previous_text: dict[tuple[str | None, int], str | None] = {}
         for rec in records:
-            if rec.kind == "turn" and rec.seq is not None and rec.seq > 1:
-                key = (rec.session_id, rec.seq - 1)
-                last = index.last_turn.get(rec.session_id)
-                if key not in batch_turns and not (last and last[0] == rec.seq - 1):
-                    fetch[key] = None
-        for sid, seq in list(fetch):
-            found = await self.inner.read(
-                Scope(user_id, session_id=sid), kinds=("turn",), seq_from=seq, seq_to=seq
-            )
-            fetch[(sid, seq)] = found[0].text if found else None
+            key = previous_key(rec)
+            if key is None or key in previous_text:
+                continue
+            last = index.last_turn.get(key[0])
+            if key in batch_turns:
+                previous_text[key] = batch_turns[key]
+            elif last is not None and last[0] == key[1]:
+                previous_text[key] = last[1]
+            else:
+                found = await self.inner.read(
+                    Scope(user_id, session_id=key[0]),
+                    kinds=("turn",),
+                    seq_from=key[1],
+                    seq_to=key[1],
+                )
+                previous_text[key] = found[0].text if found else None
+        units: list[_Unit] = []
         for rec in sorted(records, key=lambda r: (r.session_id or "", r.seq or 0)):
-            previous: str | None = None
-            if rec.kind == "turn" and rec.seq is not None and rec.seq > 1:
-                key = (rec.session_id, rec.seq - 1)
-                last = index.last_turn.get(rec.session_id)
-                if key in batch_turns:
-                    previous = batch_turns[key]
-                elif last and last[0] == rec.seq - 1:
-                    previous = last[1]
-                else:
-                    previous = fetch.get(key)
+            key = previous_key(rec)
+            previous = previous_text.get(key) if key is not None else None
             units.extend(_units(rec, previous, with_context=self.embed_context))
         if not units:
             return
-        vectors: NDArray[np.float32] | None = None
         cached: dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]] = {}
         if self._cache is not None:
-            cached = await asyncio.to_thread(self._cache.get, user_id, [r.id for r in records])
+            cached = await self._cache.get(user_id, [r.id for r in records])
         todo = [u for u in units if (u.record.id, u.span) not in cached]
         fresh = await self._embed([u.text for u in todo]) if todo else None
         if fresh is not None and self._cache is not None:
-            await asyncio.to_thread(self._cache.put, user_id, todo, fresh)
+            await self._cache.put(user_id, todo, fresh)
         fresh_at = {(u.record.id, u.span): i for i, u in enumerate(todo)}
         rows = []
         for u in units:
@@ -563,7 +568,7 @@ class HybridStore(StoreWrapper):
                 }
                 index.drop(gone)
             if self._cache is not None:
-                await asyncio.to_thread(self._cache.delete, scope, id_list)
+                await self._cache.delete(scope, id_list)
         return removed
 
     async def close(self) -> None:
@@ -572,49 +577,41 @@ class HybridStore(StoreWrapper):
         finally:
             self._users.clear()
             if self._cache is not None:
-                self._cache.close()
+                await self._cache.close()
+
+
+_CACHE_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS vectors (
+        model TEXT NOT NULL, user_id TEXT NOT NULL, agent_id TEXT, session_id TEXT,
+        record_id TEXT NOT NULL, span_start INTEGER, span_end INTEGER, vector BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS vectors_key ON vectors
+        (model, user_id, record_id, COALESCE(span_start, -1), COALESCE(span_end, -1))
+    """,
+)
 
 
 class _VectorCache:
     """Vectors on disk: ``(model, user, record, span) -> float32 blob``, with scope columns so a
-    delete by scope removes them. Used from worker threads, one connection behind a lock."""
+    delete by scope removes them. One :class:`~tiamat_hooks._sqlite.SQLiteFile` (its worker
+    thread, WAL, busy timeout and error mapping)."""
 
     def __init__(self, path: Path, model_id: str) -> None:
-        self.path = path
         self.model_id = model_id
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._db = SQLiteFile(path, migrations=_CACHE_MIGRATIONS, name="vector-cache")
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, user_id TEXT NOT NULL, "
-                "agent_id TEXT, session_id TEXT, record_id TEXT NOT NULL, span_start INTEGER, "
-                "span_end INTEGER, vector BLOB NOT NULL)"
-            )
-            conn.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS vectors_key ON vectors "
-                "(model, user_id, record_id, COALESCE(span_start, -1), COALESCE(span_end, -1))"
-            )
-            self._conn = conn
-        return self._conn
-
-    def get(
+    async def get(
         self, user_id: str, record_ids: list[str]
     ) -> dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]]:
         import numpy as np
 
-        out: dict[tuple[str, tuple[int, int] | None], NDArray[np.float32]] = {}
-        with self._lock:
-            db = self._db()
+        def run(conn: sqlite3.Connection) -> dict[tuple[str, tuple[int, int] | None], Any]:
+            out: dict[tuple[str, tuple[int, int] | None], Any] = {}
             for i in range(0, len(record_ids), 500):
                 chunk = record_ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(
+                rows = conn.execute(
                     "SELECT record_id, span_start, span_end, vector FROM vectors "
                     f"WHERE model = ? AND user_id = ? AND record_id IN ({marks})",
                     [self.model_id, user_id, *chunk],
@@ -622,9 +619,11 @@ class _VectorCache:
                 for rid, s, e, blob in rows:
                     span = None if s is None else (int(s), int(e))
                     out[(rid, span)] = np.frombuffer(blob, dtype=np.float32)
-        return out
+            return out
 
-    def put(self, user_id: str, units: list[_Unit], vectors: NDArray[np.float32]) -> None:
+        return await self._db.run(run)
+
+    async def put(self, user_id: str, units: list[_Unit], vectors: NDArray[np.float32]) -> None:
         rows = [
             (
                 self.model_id,
@@ -638,17 +637,14 @@ class _VectorCache:
             )
             for i, u in enumerate(units)
         ]
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?,?,?,?,?,?)", rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        await self._db.run(
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?,?,?,?,?,?,?,?)", rows
+            ),
+            write=True,
+        )
 
-    def delete(self, scope: Scope, ids: list[str] | None) -> None:
+    async def delete(self, scope: Scope, ids: list[str] | None) -> None:
         where = "user_id = ?"
         params: list[Any] = [scope.user_id]
         if scope.agent_id is not None:
@@ -657,21 +653,20 @@ class _VectorCache:
         if scope.session_id is not None:
             where += " AND session_id = ?"
             params.append(scope.session_id)
-        with self._lock:
-            db = self._db()
+
+        def run(conn: sqlite3.Connection) -> None:
             if ids is None:
-                db.execute(f"DELETE FROM vectors WHERE {where}", params)
+                conn.execute(f"DELETE FROM vectors WHERE {where}", params)
                 return
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                db.execute(
+                conn.execute(
                     f"DELETE FROM vectors WHERE {where} AND record_id IN ({marks})",
                     [*params, *chunk],
                 )
 
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        await self._db.run(run, write=True)
+
+    async def close(self) -> None:
+        await self._db.close()

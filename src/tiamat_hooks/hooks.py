@@ -993,7 +993,7 @@ class TiamatHooks(RunHooks[Any]):
         pending = self._tails.get((user, session))
         if pending is not None and not pending.done():
             await asyncio.wait([pending])
-        explicit_agent = self._resolve(self.agent_id, ctx)
+        explicit_agent = prepared.agent_id
         started = time.perf_counter()
         message, context = _query_parts(clean)
         recall_scope = Scope(user, agent_id=explicit_agent)
@@ -1338,7 +1338,7 @@ class TiamatHooks(RunHooks[Any]):
         prepared = state.prepared
         if not items or prepared is None or not self.persist:
             return
-        agent_id = self._resolve(self.agent_id, ctx) or getattr(agent, "name", None) or None
+        agent_id = self._resolve(self.agent_id, ctx) or _agent_name(agent)
         speakers = {
             "user": self._resolve(self.user_name, ctx),
             "assistant": _agent_name(agent) if from_model else None,

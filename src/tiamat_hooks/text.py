@@ -57,13 +57,13 @@ def query_terms(text: str, *, max_terms: int = MAX_QUERY_TERMS) -> list[str]:
     quoted safely into any full-text syntax. If every word is a stop word, the stop words are
     kept (a query like "who is it" should still find something).
     """
-    words = [w.lower() for w in _WORD.findall(text[:100_000])]
+    found = words(text[:100_000])
     seen: dict[str, None] = {}
-    for w in words:
+    for w in found:
         if w not in STOP_WORDS and len(w) <= 64:
             seen.setdefault(w, None)
     if not seen:
-        for w in words:
+        for w in found:
             if len(w) <= 64:
                 seen.setdefault(w, None)
     return list(seen)[:max_terms]
