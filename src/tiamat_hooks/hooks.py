@@ -95,7 +95,6 @@ import json
 import logging
 import os
 import time
-import uuid
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -125,7 +124,7 @@ from .compaction import (
 from .errors import ConfigError, StoreError, SummarizationError
 from .facts import FactExtractor, learn, relevant_fact_lines
 from .items import item_role, item_text, item_to_record, to_jsonable
-from .models import MemoryRecord, Scope, utcnow
+from .models import MemoryRecord, Scope, new_id, utcnow
 from .recall import RecallConfig, Recaller, RecallResult
 from .redaction import redact_json
 from .stores import MemoryStore, open_store
@@ -926,7 +925,7 @@ class TiamatHooks(RunHooks[Any]):
         state = self._runs.get(key)
         if state is not None:
             return state, False
-        state = _RunState(run_id=uuid.uuid4().hex)
+        state = _RunState(run_id=new_id())
         self._runs[key] = state
         weakref.finalize(usage, self._runs.pop, key, None)
         return state, True

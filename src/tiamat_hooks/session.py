@@ -22,14 +22,13 @@ and ``clear_session`` delete for real.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import StoreConflictError
 from .items import item_to_record
-from .models import MemoryRecord, Scope, make_record
+from .models import MemoryRecord, Scope, make_record, new_id
 from .stores import MemoryStore, open_store
 
 if TYPE_CHECKING:
@@ -165,7 +164,7 @@ class TiamatSession:
                 user_id=self.user_id,
                 session_id=self.session_id,
                 agent_id=self.agent_id,
-                key=f"turn:{uuid.uuid4().hex}",
+                key=f"turn:{new_id()}",
             )
             for item in items
         ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from ..models import (
     SearchHit,
     SessionInfo,
     make_record,
+    new_id,
 )
 from ..stores.base import MemoryStore
 from .auth import Principal
@@ -213,7 +213,7 @@ class MemoryService:
         idempotency_key: str | None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "id": p.tenant + _PLAIN + uuid.uuid4().hex,
+            "id": p.tenant + _PLAIN + new_id(),
             "user_id": _user(p, p.default_user),
             "kind": "fact",
             "text": content,
@@ -246,7 +246,7 @@ class MemoryService:
         await self.store.add(
             [
                 make_record(
-                    id=p.tenant + _PARTS + ":" + uuid.uuid4().hex,
+                    id=p.tenant + _PARTS + ":" + new_id(),
                     user_id=staging.user_id,
                     session_id=group,
                     kind="fact",
@@ -277,7 +277,7 @@ class MemoryService:
         """``POST /api/memory/learn``: a fact of the key's default user, served as plain content."""
         triple = {"subject": subject, "predicate": predicate, "object": obj}
         record = make_record(
-            id=p.tenant + _PLAIN + uuid.uuid4().hex,
+            id=p.tenant + _PLAIN + new_id(),
             user_id=_user(p, p.default_user),
             kind="fact",
             text=f"{subject} {predicate} {obj}",
