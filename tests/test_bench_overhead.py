@@ -104,3 +104,26 @@ async def test_bench_overhead_filter_mode(tmp_path: Path) -> None:
         assert await store.read(Scope(users[0]), limit=1)
     finally:
         await store.close()
+
+
+def test_bench_overhead_reports_what_the_store_held_before(tmp_path: Path) -> None:
+    db = tmp_path / "reused.db"
+    args = ["bench", "overhead", "--store", f"sqlite:///{db}", "--turns", "120"]
+    args += ["--users", "2", "--runs", "2", "--warmup", "0"]
+    first = runner.invoke(app, [*args, "--json", str(tmp_path / "a.json")])
+    assert first.exit_code == 0, first.output
+    assert json.loads((tmp_path / "a.json").read_text())["stored_before"] == 0
+    assert "already held" not in first.output
+
+    async def count() -> int:
+        store = SQLiteMemoryStore(db)
+        try:
+            return (await store.stats()).records
+        finally:
+            await store.close()
+
+    held = asyncio.run(count())
+    second = runner.invoke(app, [*args, "--json", str(tmp_path / "b.json")])
+    assert second.exit_code == 0, second.output
+    assert json.loads((tmp_path / "b.json").read_text())["stored_before"] == held
+    assert f"already held {held:,} records" in " ".join(second.output.split())

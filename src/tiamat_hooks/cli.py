@@ -743,6 +743,12 @@ def bench_overhead(
             (f"{report.persist_turns_per_s:,.0f} / {report.persist_turns_per_s_last:,.0f}"),
         )
         console.print(table)
+        if report.stored_before:
+            console.print(
+                f"[yellow]note:[/] the store already held {report.stored_before:,} records, so "
+                f"the runs searched {report.stored_before + turns:,}; use a new scratch store "
+                f"to measure at {turns:,}."
+            )
         _write_json(json_out, data)
 
     _run(go())

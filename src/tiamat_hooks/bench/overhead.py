@@ -77,6 +77,9 @@ class OverheadReport:
     plain_total_s: float
     hooks_total_s: float
     flush_total_s: float
+    stored_before: int = 0
+    """Records the store already held before the fill (a reused scratch file, a shared
+    database): the store the runs searched held ``stored_before + turns`` records."""
 
     @property
     def ratio(self) -> float:
@@ -93,6 +96,7 @@ class OverheadReport:
         return {
             "store": self.store,
             "turns": self.turns,
+            "stored_before": self.stored_before,
             "users": self.users,
             "runs": self.runs,
             "mode": self.mode,
@@ -143,12 +147,14 @@ async def run_overhead_bench(
 
     ``progress(phase, n)`` is called with ``("fill", turns written)`` and ``("runs", 1)`` per
     measured pair of runs. Users get random ids, so a store that already holds data (a shared
-    Postgres database) can be used; only this run's turns count toward ``turns``.
+    Postgres database) can be used; only this run's turns count toward ``turns``, and what was
+    there before is reported as ``stored_before`` (searches then run over the bigger store).
     """
     tag = uuid.uuid4().hex[:8]
     user_ids = [f"ovh-{tag}-{i}" for i in range(users)]
     store = open_store(store_url)
     try:
+        stored_before = (await store.stats()).records
         fill = None if progress is None else (lambda n: progress("fill", n))
         last = turns // 10
         stream = synthetic_turns(seed, user_ids)
@@ -168,6 +174,7 @@ async def run_overhead_bench(
         await store.close()
     report.store = store_url.split("@")[-1]
     report.turns = turns
+    report.stored_before = stored_before
     report.persist_turns_per_s = turns / (first_s + last_s) if first_s + last_s else 0.0
     report.persist_turns_per_s_last = last / last_s if last_s else 0.0
     return report
