@@ -83,7 +83,7 @@ class RecallConfig:
     session_weight: float = 0.5
     kinds: tuple[RecordKind, ...] = ("turn", "summary")
     short_query_terms: int = 2
-    cost_exponent: float = 0.5
+    cost_exponent: float = 0.35
     max_snippet_chars: int = 600
     sibling_weight: float = 0.5
     sibling_hits: int = 120
