@@ -141,6 +141,58 @@ def test_bench_recall_bad_file(tmp_path: Path) -> None:
     assert "InvalidInputError" in res.output
 
 
+def test_bench_recall_set_overrides_the_recall_config(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_dataset()))
+    out = tmp_path / "out.json"
+    args = ["bench", "recall", str(path), "--budget", "256", "--json", str(out)]
+    # Searching summaries only finds none of the (turn) evidence: the override reached recall.
+    res = runner.invoke(app, [*args, "--set", "kinds=summary", "--set", "cost_exponent=0.3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["results"][0]["recall"]["overall"] == 0.0
+    res = runner.invoke(app, [*args, "--set", "kinds=turn"])
+    assert res.exit_code == 0, res.output
+    assert abs(json.loads(out.read_text())["results"][0]["recall"]["overall"] - 2 / 3) < 1e-3
+
+
+def test_recall_config_from_set_pairs() -> None:
+    from tiamat_hooks.cli import _recall_config
+    from tiamat_hooks.recall import RecallConfig
+
+    assert _recall_config(None) is None
+    config = _recall_config(
+        [
+            "top_k=none",
+            "exclude_future=TRUE",
+            "cost_exponent=0.3",
+            "kinds=turn, summary",
+            " candidates = 40 ",
+            "header=Memory:",
+        ]
+    )
+    assert config == RecallConfig(
+        top_k=None,
+        exclude_future=True,
+        cost_exponent=0.3,
+        kinds=("turn", "summary"),
+        candidates=40,
+        header="Memory:",
+    )
+    assert _recall_config(["top_k=3"]) == RecallConfig(top_k=3)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    ["nope=1", "budget", "budget=ten", "cost_exponent=-1", "exclude_future=maybe", "kinds=bogus"],
+)
+def test_bench_recall_bad_set(tmp_path: Path, pair: str) -> None:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_dataset()))
+    res = runner.invoke(app, ["bench", "recall", str(path), "--set", pair])
+    assert res.exit_code == 2, res.output
+    assert "--set" in res.output
+
+
 def test_bench_recall_bad_budget(tmp_path: Path) -> None:
     res = runner.invoke(app, ["bench", "recall", "x.json", "--budget", "ten"])
     assert res.exit_code == 2

@@ -7,6 +7,7 @@ Every command catches :class:`~tiamat_hooks.errors.TiamatError` once, prints
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import sys
@@ -347,10 +348,65 @@ def _budgets(value: str) -> list[int]:
     return budgets
 
 
+def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
+    """``--set name=value`` pairs as a :class:`RecallConfig` (None: the defaults).
+
+    Values are read by the type of the field's default: numbers, ``true``/``false``, ``none``
+    for ``top_k``, comma-separated names for ``kinds``.
+    """
+    from .recall import RecallConfig as Config
+
+    if not pairs:
+        return None
+    defaults = Config()
+    names = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or name not in names:
+            raise typer.BadParameter(
+                f"expected name=value with a RecallConfig field ({', '.join(sorted(names))}), "
+                f"got {pair!r}",
+                param_hint="--set",
+            )
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError(raw)
+                values[name] = raw.lower() == "true"
+            elif isinstance(default, int) or (default is None and raw.lower() != "none"):
+                values[name] = int(raw)
+            elif default is None:
+                values[name] = None
+            elif isinstance(default, float):
+                values[name] = float(raw)
+            elif isinstance(default, tuple):
+                values[name] = tuple(v.strip() for v in raw.split(",") if v.strip())
+            else:
+                values[name] = raw
+        except ValueError:
+            raise typer.BadParameter(
+                f"{name}: cannot read {raw!r} as {type(default).__name__}", param_hint="--set"
+            ) from None
+    try:
+        return dataclasses.replace(defaults, **values)
+    except TiamatError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+
+
 @bench_app.command("recall")
 def bench_recall(
     file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
     budget: Annotated[str, typer.Option(help="Token budgets, comma separated.")] = "512,1024,2048",
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a RecallConfig field, e.g. --set cost_exponent=0.5 (repeatable).",
+        ),
+    ] = None,
     json_out: JsonOption = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG chart of recall by budget.")
@@ -373,6 +429,7 @@ def bench_recall(
     from .bench.recall import run_recall_bench
 
     budgets = _budgets(budget)
+    config = _recall_config(settings)
     if embeddings:
         from .embeddings import default_embedder
 
@@ -389,6 +446,7 @@ def bench_recall(
             report = await run_recall_bench(
                 data,
                 budgets=budgets,
+                config=config,
                 store_url=store,
                 progress=lambda n: bar.advance(task, n),
                 embeddings=embeddings,
@@ -872,6 +930,7 @@ OutboxOption = Annotated[
 
 
 if TYPE_CHECKING:
+    from .recall import RecallConfig
     from .stores.cloud import TiamatCloudStore
 
 
