@@ -121,7 +121,16 @@ def test_bench_recall_json(tmp_path: Path, gz: bool) -> None:
     for r in report["results"]:
         assert r["tokens_max"] <= r["budget"]
         assert set(r["latency_ms"]) == {"p50", "p95"}
-    assert "overall" in res.output
+        counts = r["evidence"]
+        assert counts["total"] == 3
+        assert counts["recalled"] + counts["not_found"] + counts["not_fitted"] == 3
+    # q3's words match nothing: its evidence is never found, at any budget.
+    assert big["evidence"] == {"total": 3, "recalled": 2, "not_found": 1, "not_fitted": 0}
+    # 64 tokens hold the frame and little else: what was found but left out is "not fitted".
+    small = report["results"][0]["evidence"]
+    assert small["not_found"] == 1 and small["not_fitted"] == 2 - small["recalled"]
+    assert small["not_fitted"] > 0
+    assert "overall" in res.output and "not fitted" in res.output
 
 
 def test_bench_recall_plot(tmp_path: Path) -> None:

@@ -79,6 +79,25 @@ async def test_neighbour_turn_is_pulled_in(store: SQLiteMemoryStore) -> None:
     assert any("does she enjoy" in t for t in texts)  # the reply right after the hit
 
 
+async def test_ranked_lists_what_packing_chose_from(store: SQLiteMemoryStore) -> None:
+    user = new_id()
+    await seed(store, user)
+    recaller = Recaller(store, counter=COUNTER)
+    full = await recaller.recall(Scope(user), "violin lessons", now=NOW)
+    ids = [r.id for r in full.ranked]
+    assert len(ids) == len(set(ids))
+    assert {s.record.id for s in full.snippets} <= set(ids)
+    # The hit ranks first; the reply after it came in as a neighbour, not as a hit.
+    assert "violin" in full.ranked[0].text
+    assert any("does she enjoy" in r.text for r in full.ranked)
+    # A budget that fits only the frame packs nothing, yet the ranking is the same.
+    tiny = await recaller.recall(Scope(user), "violin lessons", now=NOW, budget=60)
+    assert not tiny.snippets
+    assert [r.id for r in tiny.ranked] == ids
+    nothing = await recaller.recall(Scope(user), "zzz qqq", now=NOW)
+    assert nothing.ranked == ()
+
+
 async def test_recall_is_scoped_to_user(store: SQLiteMemoryStore) -> None:
     alice, bob = new_id(), new_id()
     await seed(store, alice)

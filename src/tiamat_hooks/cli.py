@@ -465,7 +465,15 @@ def bench_recall(
             "latency p50 / p95 ms",
             *(f"{r.latency_ms['p50']:.1f} / {r.latency_ms['p95']:.1f}" for r in report.results),
         )
+        table.add_row(
+            "missed: not found / not fitted",
+            *(f"{r.evidence['not_found']} / {r.evidence['not_fitted']}" for r in report.results),
+        )
         console.print(table)
+        console.print(
+            f"evidence turns: {report.results[0].evidence['total']:,}; not found = not among "
+            "the hits and their neighbours; not fitted = found, but the budget went elsewhere"
+        )
         if report.embeddings is not None:
             e = report.embeddings
             console.print(

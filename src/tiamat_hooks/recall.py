@@ -159,6 +159,11 @@ class RecallResult:
     query: str
     elapsed_ms: float
     candidates: int = 0
+    """Search hits considered (after ``exclude_ids``)."""
+    ranked: tuple[MemoryRecord, ...] = ()
+    """Every record ranking scored (hits, their neighbour turns), best first, each once: what
+    packing chose from. A record missing here was never found; one here but not in
+    ``snippets`` was found and did not fit."""
 
     @property
     def empty(self) -> bool:
@@ -306,6 +311,7 @@ class Recaller:
                     else ""
                 )
                 tokens = self.counter.count(block) if block else 0
+        ranked = tuple({u.record.id: u.record for u in units}.values())
         return RecallResult(
             block,
             tokens,
@@ -313,6 +319,7 @@ class Recaller:
             query,
             (time.perf_counter() - started) * 1000,
             len(hits),
+            ranked,
         )
 
     # -- ranking ----------------------------------------------------------------------------

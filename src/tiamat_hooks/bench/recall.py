@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BudgetResult",
     "RecallBenchReport",
+    "evidence_misses",
     "evidence_recall",
     "ingest_conversation",
     "parse_time",
@@ -77,6 +78,23 @@ def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
     """Share of evidence turns (by idempotency key = benchmark turn id) the block recalls."""
     if not evidence:
         return 0.0
+    return len(_recalled(result, evidence)) / len(evidence)
+
+
+def evidence_misses(result: RecallResult, evidence: Sequence[str]) -> tuple[int, int]:
+    """Evidence turns the block misses, as ``(not_found, not_fitted)``.
+
+    *Not found*: the turn was not among the records recall ranked (search hits and their
+    neighbours). *Not fitted*: it was ranked, but packing spent the budget on other records.
+    """
+    recalled = _recalled(result, evidence)
+    ranked = {r.key for r in result.ranked if r.kind == "turn"}
+    missed = [t for t in evidence if t not in recalled]
+    fitted_out = sum(1 for t in missed if t in ranked)
+    return len(missed) - fitted_out, fitted_out
+
+
+def _recalled(result: RecallResult, evidence: Sequence[str]) -> set[str]:
     covered: dict[str, list[tuple[int, int]]] = {}
     lengths: dict[str, int] = {}
     for snip in result.snippets:
@@ -86,7 +104,7 @@ def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
         n = len(snip.record.text)
         lengths[key] = n
         covered.setdefault(key, []).append(snip.span or (0, n))
-    hit = 0
+    hit: set[str] = set()
     for turn_id in evidence:
         spans = sorted(covered.get(turn_id, []))
         if not spans:
@@ -98,8 +116,8 @@ def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
                 total += e - s
                 end = e
         if total * 2 >= lengths[turn_id]:
-            hit += 1
-    return hit / len(evidence)
+            hit.add(turn_id)
+    return hit
 
 
 @dataclass
@@ -109,6 +127,9 @@ class BudgetResult:
     tokens_mean: float
     tokens_max: int
     latency_ms: dict[str, float]
+    evidence: dict[str, int] = field(default_factory=dict)
+    """Evidence turns over all questions: ``total``, ``recalled``, and the misses split into
+    ``not_found`` and ``not_fitted`` (see :func:`evidence_misses`)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +138,7 @@ class BudgetResult:
             "tokens_mean": self.tokens_mean,
             "tokens_max": self.tokens_max,
             "latency_ms": self.latency_ms,
+            "evidence": self.evidence,
         }
 
 
@@ -172,6 +194,9 @@ async def run_recall_bench(
     scores: dict[int, list[tuple[str, float]]] = {b: [] for b in budgets}
     tokens: dict[int, list[int]] = {b: [] for b in budgets}
     latency: dict[int, list[float]] = {b: [] for b in budgets}
+    evidence: dict[int, dict[str, int]] = {
+        b: {"total": 0, "recalled": 0, "not_found": 0, "not_fitted": 0} for b in budgets
+    }
     questions = 0
     embedder: Embedder | None = None
     if embeddings is not False:
@@ -207,6 +232,11 @@ async def run_recall_bench(
                         raise AssertionError(f"block of {result.tokens} tokens exceeds budget {b}")
                     tokens[b].append(result.tokens)
                     scores[b].append((q.category, evidence_recall(result, q.evidence)))
+                    not_found, not_fitted = evidence_misses(result, q.evidence)
+                    counts = evidence[b]
+                    counts["total"] += len(q.evidence)
+                    counts["not_found"] += not_found
+                    counts["not_fitted"] += not_fitted
                 if progress is not None:
                     progress(1)
             if hybrid is not None:
@@ -227,6 +257,8 @@ async def run_recall_bench(
             ),
         }
     for b in budgets:
+        counts = evidence[b]
+        counts["recalled"] = counts["total"] - counts["not_found"] - counts["not_fitted"]
         by_cat: dict[str, list[float]] = {}
         for cat, s in scores[b]:
             by_cat.setdefault(cat, []).append(s)
@@ -242,6 +274,7 @@ async def run_recall_bench(
                     "p50": round(_pct(latency[b], 0.50), 3),
                     "p95": round(_pct(latency[b], 0.95), 3),
                 },
+                evidence=evidence[b],
             )
         )
     return report
