@@ -14,12 +14,21 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import _drop_schema, need_postgres, new_id, postgres_url, run_sync
+from tests.conftest import (
+    POSTGRES_URL,
+    _drop_schema,
+    need_postgres,
+    new_id,
+    postgres_url,
+    run_sync,
+)
 from tests.fake_tiamat import FakeTiamat
 from tiamat_hooks import cli
 from tiamat_hooks.cli import app
@@ -143,6 +152,45 @@ def seeded(tmp_path: Path) -> str:
 
     asyncio.run(seed())
     return url
+
+
+def _records_reltuples(url: str) -> float:
+    """What the Postgres planner believes the schema's records table holds (-1: never analysed)."""
+    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+
+    async def read() -> float:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            value = await conn.fetchval(
+                "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = 'records'",
+                schema,
+            )
+        finally:
+            await conn.close()
+        return float(value)
+
+    return run_sync(read())
+
+
+@pytest.mark.postgres
+def test_import_and_migrate_leave_postgres_analysed(
+    seeded: str, pg_url: str, tmp_path: Path
+) -> None:
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text(runner.invoke(app, ["export", "--store", seeded]).output)
+    n = len(dump.read_text().splitlines())
+    res = runner.invoke(app, ["import", str(dump), "--store", pg_url])
+    assert res.exit_code == 0, res.output
+    # A bulk load with autovacuum off or behind would leave the planner guessing.
+    assert _records_reltuples(pg_url) == n
+    other = pg_url.replace("tiamat_migrate_", "tiamat_migrate2_")
+    try:
+        res = runner.invoke(app, ["migrate", seeded, other])
+        assert res.exit_code == 0, res.output
+        assert _records_reltuples(other) == n
+    finally:
+        run_sync(_drop_schema(dict(parse_qsl(urlsplit(other).query))["schema"]))
 
 
 @pytest.mark.postgres

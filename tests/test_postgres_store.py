@@ -256,6 +256,37 @@ async def test_owned_pool_is_closed(pg: PostgresMemoryStore) -> None:
 
 
 @pytest.mark.postgres
+async def test_analyze_gives_the_planner_row_counts(fresh_schema: str) -> None:
+    store = PostgresMemoryStore.from_url(POSTGRES_URL, schema=fresh_schema)
+    u = new_id()
+
+    async def reltuples() -> dict[str, float]:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            rows = await conn.fetch(
+                "SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+                fresh_schema,
+            )
+        finally:
+            await conn.close()
+        return {name: float(n) for name, n in rows}
+
+    try:
+        await store.add(
+            [make_record(user_id=u, session_id="s", text=f"turn {i}") for i in range(50)]
+        )
+        before = await reltuples()
+        assert before["records"] < 0  # never analysed: the planner has to guess
+        await store.analyze()
+        after = await reltuples()
+        assert after["records"] == 50 and after["units"] == 50
+        assert [r.text for r in await store.read(Scope(u), limit=1)] == ["turn 0"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
 async def test_integrity_check_finds_missing_units(fresh_schema: str) -> None:
     store = PostgresMemoryStore.from_url(POSTGRES_URL, schema=fresh_schema)
     try:

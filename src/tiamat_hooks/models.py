@@ -143,7 +143,7 @@ def new_id() -> str:
     ordered by creation time. The order is what matters: B-tree indexes on ids (SQLite,
     Postgres) then take new ids at their right edge, where random ids dirty a random leaf page
     per insert. Growing a store to a million turns in batches of 1,000 (``tiamat-hooks bench
-    latency``), the last 900k were written at 16k turns/s with random ids and 22-25k with these.
+    latency``), the last 900k were written at 16k turns/s with random ids and 21-25k with these.
     """
     value = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(
         os.urandom(10), "big"

@@ -213,8 +213,8 @@ class RedactingStore(StoreWrapper):
 
     Implements the store contract by delegation: reads, search, delete, stats and ``close``
     go to ``inner`` unchanged (``close`` closes ``inner``). The optional capabilities
-    ``read_around``, ``integrity_check`` and the remote store's outbox methods are passed
-    through when ``inner`` has them; any other attribute of ``inner`` is not exposed.
+    ``read_around``, ``integrity_check``, ``analyze`` and the remote store's outbox methods are
+    passed through when ``inner`` has them; any other attribute of ``inner`` is not exposed.
 
     ``add`` returns what ``inner`` stored, i.e. the redacted records.
     """

@@ -450,6 +450,19 @@ class SQLiteMemoryStore:
 
         return await self._run(run)
 
+    async def analyze(self) -> None:
+        """Refresh the query planner's statistics where they are stale (``PRAGMA optimize``).
+
+        The counterpart of :meth:`PostgresMemoryStore.analyze`, for callers that bulk-load any
+        store. Searches here go through the FTS5 index, which keeps no planner statistics, so
+        this mostly helps the reads by session.
+        """
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA optimize")
+
+        await self._run(run)
+
     async def integrity_check(self) -> list[str]:
         """Run SQLite's integrity check and FTS5's; returns problems found (empty when sound)."""
 

@@ -5,10 +5,10 @@ contract by handing each call to ``inner`` unchanged (``close`` closes ``inner``
 override what they change — :class:`~tiamat_hooks.redaction.RedactingStore` rewrites ``add``,
 :class:`~tiamat_hooks.embeddings.HybridStore` fuses ``search`` — and inherit the rest.
 
-Optional capabilities of the inner store (``read_around``, ``integrity_check``, the remote
-store's outbox and server methods) are passed through by attribute access; any other attribute of
-``inner`` is not exposed, so no write path can bypass the wrapper (``TiamatCloudStore.learn``
-would, for instance, skip redaction).
+Optional capabilities of the inner store (``read_around``, ``integrity_check``, ``analyze``, the
+remote store's outbox and server methods) are passed through by attribute access; any other
+attribute of ``inner`` is not exposed, so no write path can bypass the wrapper
+(``TiamatCloudStore.learn`` would, for instance, skip redaction).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ PASSTHROUGH = frozenset(
     {
         "read_around",
         "integrity_check",
+        "analyze",
         "flush",
         "outbox",
         "outbox_status",
