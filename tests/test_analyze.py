@@ -18,13 +18,16 @@ from tiamat_hooks.redaction import RedactingStore
 from tiamat_hooks.stores import SQLiteMemoryStore
 
 
-async def test_sqlite_analyze_keeps_the_store_usable(tmp_path: Path) -> None:
+async def test_sqlite_analyze_gathers_statistics(tmp_path: Path) -> None:
     store = SQLiteMemoryStore(tmp_path / "m.db")
     user = new_id()
     try:
         await store.add(
             [make_record(user_id=user, session_id="s", text=f"tea note {i}") for i in range(30)]
         )
+        with sqlite3.connect(tmp_path / "m.db") as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "sqlite_stat1" not in tables
         await store.read(Scope(user, session_id="s"), seq_from=3, seq_to=5)
         await store.analyze()
         assert [r.seq for r in await store.read(Scope(user, session_id="s"), seq_to=2)] == [1, 2]
@@ -34,6 +37,9 @@ async def test_sqlite_analyze_keeps_the_store_usable(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(tmp_path / "m.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # The planner now has statistics of the records table (none before: no sqlite_stat1).
+        stats = conn.execute("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'records'")
+        assert stats.fetchone()[0] > 0
 
 
 async def test_wrappers_pass_analyze_through(tmp_path: Path) -> None:

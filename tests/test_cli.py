@@ -123,13 +123,15 @@ def test_bench_recall_json(tmp_path: Path, gz: bool) -> None:
         assert set(r["latency_ms"]) == {"p50", "p95"}
         counts = r["evidence"]
         assert counts["total"] == 3
-        assert counts["recalled"] + counts["not_found"] + counts["not_fitted"] == 3
-    # q3's words match nothing: its evidence is never found, at any budget.
+        # One evidence turn per question: the recalled count follows from the recall share.
+        assert counts["recalled"] == round(r["recall"]["overall"] * 3)
+        # q3's words match nothing: its evidence is never found, at any budget.
+        assert counts["not_found"] == 1
     assert big["evidence"] == {"total": 3, "recalled": 2, "not_found": 1, "not_fitted": 0}
     # 64 tokens hold the frame and little else: what was found but left out is "not fitted".
-    small = report["results"][0]["evidence"]
-    assert small["not_found"] == 1 and small["not_fitted"] == 2 - small["recalled"]
-    assert small["not_fitted"] > 0
+    small = report["results"][0]
+    assert small["recall"]["overall"] < 2 / 3
+    assert small["evidence"]["not_fitted"] == 2 - round(small["recall"]["overall"] * 3)
     assert "overall" in res.output and "not fitted" in res.output
 
 
@@ -176,7 +178,7 @@ def test_recall_config_from_set_pairs() -> None:
             "cost_exponent=0.3",
             "kinds=turn, summary",
             " candidates = 40 ",
-            "header=Memory:",
+            "header= Memory: ",
         ]
     )
     assert config == RecallConfig(
@@ -185,14 +187,27 @@ def test_recall_config_from_set_pairs() -> None:
         cost_exponent=0.3,
         kinds=("turn", "summary"),
         candidates=40,
-        header="Memory:",
+        header=" Memory: ",
     )
     assert _recall_config(["top_k=3"]) == RecallConfig(top_k=3)
 
 
 @pytest.mark.parametrize(
     "pair",
-    ["nope=1", "budget", "budget=ten", "cost_exponent=-1", "exclude_future=maybe", "kinds=bogus"],
+    [
+        "nope=1",
+        "budget=100",
+        "candidates",
+        "candidates=ten",
+        "cost_exponent=-1",
+        "cost_exponent=nan",
+        "neighbor_weight=inf",
+        "exclude_future=maybe",
+        "exclude_future=1",
+        "kinds=bogus",
+        "kinds=",
+        "top_k=abc",
+    ],
 )
 def test_bench_recall_bad_set(tmp_path: Path, pair: str) -> None:
     path = tmp_path / "tiny.json"

@@ -155,7 +155,10 @@ def seeded(tmp_path: Path) -> str:
 
 
 def _records_reltuples(url: str) -> float:
-    """What the Postgres planner believes the schema's records table holds (-1: never analysed)."""
+    """What the Postgres planner believes the schema's records table holds (-1: never analysed).
+
+    The test server runs with autovacuum off: only an explicit ``ANALYZE`` changes it here.
+    """
     schema = dict(parse_qsl(urlsplit(url).query))["schema"]
 
     async def read() -> float:

@@ -360,19 +360,23 @@ def _budgets(value: str) -> list[int]:
 def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
     """``--set name=value`` pairs as a :class:`RecallConfig` (None: the defaults).
 
-    Values are read by the type of the field's default: numbers, ``true``/``false``, ``none``
-    for ``top_k``, comma-separated names for ``kinds``.
+    Values are read by the type of the field's default: numbers, ``true``/``false``, an integer
+    or ``none`` for ``top_k``, comma-separated names for ``kinds``, text as given for ``header``.
+    ``budget`` is refused: the bench sets it from ``--budget``.
     """
     from .recall import RecallConfig as Config
 
     if not pairs:
         return None
     defaults = Config()
-    names = {f.name for f in dataclasses.fields(Config)}
+    names = {f.name for f in dataclasses.fields(Config)} - {"budget"}
     values: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
-        name, raw = name.strip(), raw.strip()
+        name = name.strip()
+        raw = raw if name == "header" else raw.strip()
+        if name == "budget":
+            raise typer.BadParameter("budgets are set with --budget", param_hint="--set")
         if not sep or name not in names:
             raise typer.BadParameter(
                 f"expected name=value with a RecallConfig field ({', '.join(sorted(names))}), "
@@ -396,8 +400,9 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
             else:
                 values[name] = raw
         except ValueError:
+            kind = "an integer or none" if default is None else type(default).__name__
             raise typer.BadParameter(
-                f"{name}: cannot read {raw!r} as {type(default).__name__}", param_hint="--set"
+                f"{name}: cannot read {raw!r} as {kind}", param_hint="--set"
             ) from None
     try:
         return dataclasses.replace(defaults, **values)

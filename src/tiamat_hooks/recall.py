@@ -114,11 +114,20 @@ class RecallConfig:
             "date_weight",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.kinds, tuple) or not set(self.kinds) <= set(RECORD_KINDS):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if (
+            not isinstance(self.kinds, tuple)
+            or not self.kinds
+            or not set(self.kinds) <= set(RECORD_KINDS)
+        ):
             raise ConfigError(
-                f"kinds must be a tuple drawn from {RECORD_KINDS}, got {self.kinds!r}"
+                f"kinds must be a non-empty tuple drawn from {RECORD_KINDS}, got {self.kinds!r}"
             )
         if not isinstance(self.header, str):
             raise ConfigError("header must be a string")
@@ -159,11 +168,11 @@ class RecallResult:
     query: str
     elapsed_ms: float
     candidates: int = 0
-    """Search hits considered (after ``exclude_ids``)."""
+    """Search hits considered (after ``exclude_ids`` and ``exclude_future``)."""
     ranked: tuple[MemoryRecord, ...] = ()
-    """Every record ranking scored (hits, their neighbour turns), best first, each once: what
-    packing chose from. A record missing here was never found; one here but not in
-    ``snippets`` was found and did not fit."""
+    """Every record ranking scored (the hits left after exclusions, neighbour turns of the
+    first ``neighbor_hits``), best first, each once: what packing chose from. A record here but
+    not in ``snippets`` did not fit the budget (or ``top_k``)."""
 
     @property
     def empty(self) -> bool:

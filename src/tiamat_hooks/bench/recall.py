@@ -78,7 +78,8 @@ def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
     """Share of evidence turns (by idempotency key = benchmark turn id) the block recalls."""
     if not evidence:
         return 0.0
-    return len(_recalled(result, evidence)) / len(evidence)
+    recalled = _recalled(result, evidence)
+    return sum(1 for t in evidence if t in recalled) / len(evidence)
 
 
 def evidence_misses(result: RecallResult, evidence: Sequence[str]) -> tuple[int, int]:

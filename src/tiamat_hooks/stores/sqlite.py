@@ -461,7 +461,7 @@ class SQLiteMemoryStore:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA optimize")
 
-        await self._run(run)
+        await self._run(run, write=True)
 
     async def integrity_check(self) -> list[str]:
         """Run SQLite's integrity check and FTS5's; returns problems found (empty when sound)."""

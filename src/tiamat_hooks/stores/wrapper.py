@@ -45,7 +45,8 @@ PASSTHROUGH = frozenset(
         "stats_counters",
     }
 )
-"""Read-only or outbox-management capabilities of inner stores that wrappers expose."""
+"""Read-only, maintenance (``analyze``) or outbox-management capabilities of inner stores that
+wrappers expose."""
 
 
 class StoreWrapper:
