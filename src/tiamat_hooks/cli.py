@@ -23,7 +23,7 @@ from rich.table import Table
 from . import __version__
 from .errors import InvalidInputError, TiamatError
 from .models import MemoryRecord, Scope, make_record
-from .stores import MemoryStore, default_store_url, open_store
+from .stores import MemoryStore, analyze, default_store_url, open_store
 
 app = typer.Typer(
     name="tiamat-hooks",
@@ -250,13 +250,6 @@ def export(
     _run(_with_store(store, go))
 
 
-async def _analyze(store: MemoryStore) -> None:
-    """After a bulk load: refresh the store's planner statistics, if it keeps any."""
-    analyze = getattr(store, "analyze", None)
-    if callable(analyze):
-        await analyze()
-
-
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="JSON lines from `export` ('-' for stdin).")],
@@ -285,7 +278,7 @@ def import_(
         finally:
             if stream is not sys.stdin:
                 stream.close()
-        await _analyze(s)
+        await analyze(s)
         console.print(f"imported {written} records")
 
     _run(_with_store(store, go))
@@ -307,7 +300,7 @@ def migrate(
                 records = await src.read(Scope(u))
                 for i in range(0, len(records), batch):
                     copied += len(await dst.add(records[i : i + batch]))
-            await _analyze(dst)
+            await analyze(dst)
             a, b = await src.stats(), await dst.stats()
             console.print(f"copied {copied} records; source has {a.records}, target {b.records}")
         finally:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..models import MemoryRecord, Scope, make_record
 from ..recall import RecallConfig, Recaller
-from ..stores import MemoryStore, open_store
+from ..stores import MemoryStore, analyze, open_store
 
 __all__ = [
     "LatencyPoint",
@@ -189,9 +189,7 @@ async def run_latency_bench(
             written += persisted
             # A bulk load leaves Postgres without planner statistics until autovacuum analyses
             # the tables; measure the steady state a server reaches (time not counted).
-            analyze = getattr(store, "analyze", None)
-            if callable(analyze):
-                await analyze()
+            await analyze(store)
             recall_ms: list[float] = []
             search_ms: list[float] = []
             for _ in range(queries):

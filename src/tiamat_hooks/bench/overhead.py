@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..stores import open_store
+from ..stores import analyze, open_store
 from ..stores.base import MemoryStore
 from .latency import _quantiles, _vocabulary, fill_store, synthetic_turns
 
@@ -162,9 +162,7 @@ async def run_overhead_bench(
         first_s = await fill_store(store, stream, turns - last, batch=batch, progress=fill)
         last_s = await fill_store(store, stream, last, batch=batch, progress=fill)
         # As in ``bench latency``: planner statistics, as autovacuum would gather (not timed).
-        analyze = getattr(store, "analyze", None)
-        if callable(analyze):
-            await analyze()
+        await analyze(store)
         report = await measure_overhead(
             store,
             user_ids,

@@ -23,11 +23,23 @@ __all__ = [
     "DEFAULT_SEARCH_KINDS",
     "MemoryStore",
     "SQLiteMemoryStore",
+    "analyze",
     "default_store_url",
     "open_store",
 ]
 
 ENV_VAR = "TIAMAT_HOOKS_DB"
+
+
+async def analyze(store: MemoryStore) -> None:
+    """After a bulk load: refresh the store's query-planner statistics, if it keeps any.
+
+    Calls the store's optional ``analyze()`` (Postgres ``ANALYZE``, SQLite ``PRAGMA
+    optimize``, passed through by wrappers); a store without one is left alone.
+    """
+    method = getattr(store, "analyze", None)
+    if callable(method):
+        await method()
 
 
 def default_store_url() -> str:
