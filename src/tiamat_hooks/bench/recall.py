@@ -37,6 +37,7 @@ __all__ = [
     "ingest_conversation",
     "parse_time",
     "run_recall_bench",
+    "score_evidence",
 ]
 
 SCORING_ENCODING = "cl100k_base"
@@ -74,25 +75,29 @@ async def ingest_conversation(store: MemoryStore, conv: BenchConversation, user_
     return n
 
 
-def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
-    """Share of evidence turns (by idempotency key = benchmark turn id) the block recalls."""
-    if not evidence:
-        return 0.0
-    recalled = _recalled(result, evidence)
-    return sum(1 for t in evidence if t in recalled) / len(evidence)
-
-
-def evidence_misses(result: RecallResult, evidence: Sequence[str]) -> tuple[int, int]:
-    """Evidence turns the block misses, as ``(not_found, not_fitted)``.
+def score_evidence(result: RecallResult, evidence: Sequence[str]) -> tuple[int, int, int]:
+    """Evidence turns (by idempotency key = benchmark turn id) as ``(recalled, not_found,
+    not_fitted)``; a turn listed twice counts twice.
 
     *Not found*: the turn was not among the records recall ranked (search hits and their
     neighbours). *Not fitted*: it was ranked, but packing spent the budget on other records.
     """
     recalled = _recalled(result, evidence)
     ranked = {r.key for r in result.ranked if r.kind == "turn"}
-    missed = [t for t in evidence if t not in recalled]
-    fitted_out = sum(1 for t in missed if t in ranked)
-    return len(missed) - fitted_out, fitted_out
+    hit = sum(1 for t in evidence if t in recalled)
+    fitted_out = sum(1 for t in evidence if t not in recalled and t in ranked)
+    return hit, len(evidence) - hit - fitted_out, fitted_out
+
+
+def evidence_recall(result: RecallResult, evidence: Sequence[str]) -> float:
+    """Share of evidence turns the block recalls (see :func:`score_evidence`)."""
+    return score_evidence(result, evidence)[0] / len(evidence) if evidence else 0.0
+
+
+def evidence_misses(result: RecallResult, evidence: Sequence[str]) -> tuple[int, int]:
+    """Evidence turns the block misses, as ``(not_found, not_fitted)`` (see
+    :func:`score_evidence`)."""
+    return score_evidence(result, evidence)[1:]
 
 
 def _recalled(result: RecallResult, evidence: Sequence[str]) -> set[str]:
@@ -130,7 +135,7 @@ class BudgetResult:
     latency_ms: dict[str, float]
     evidence: dict[str, int] = field(default_factory=dict)
     """Evidence turns over all questions: ``total``, ``recalled``, and the misses split into
-    ``not_found`` and ``not_fitted`` (see :func:`evidence_misses`)."""
+    ``not_found`` and ``not_fitted`` (see :func:`score_evidence`)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -232,10 +237,12 @@ async def run_recall_bench(
                     if result.tokens > b:  # the contract; a violation must never go unnoticed
                         raise AssertionError(f"block of {result.tokens} tokens exceeds budget {b}")
                     tokens[b].append(result.tokens)
-                    scores[b].append((q.category, evidence_recall(result, q.evidence)))
-                    not_found, not_fitted = evidence_misses(result, q.evidence)
+                    hit, not_found, not_fitted = score_evidence(result, q.evidence)
+                    share = hit / len(q.evidence) if q.evidence else 0.0
+                    scores[b].append((q.category, share))
                     counts = evidence[b]
                     counts["total"] += len(q.evidence)
+                    counts["recalled"] += hit
                     counts["not_found"] += not_found
                     counts["not_fitted"] += not_fitted
                 if progress is not None:
@@ -258,8 +265,6 @@ async def run_recall_bench(
             ),
         }
     for b in budgets:
-        counts = evidence[b]
-        counts["recalled"] = counts["total"] - counts["not_found"] - counts["not_fitted"]
         by_cat: dict[str, list[float]] = {}
         for cat, s in scores[b]:
             by_cat.setdefault(cat, []).append(s)
