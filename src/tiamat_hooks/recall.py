@@ -245,6 +245,10 @@ class Recaller:
         self.config = config or RecallConfig()
         self.counter = counter or TokenCounter()
         self._window_cache: dict[str, list[tuple[int, int]]] = {}
+        self._frame_cache: dict[tuple[str, tuple[str, ...]], int] = {}
+        # One "[YYYY-MM-DD Ddd]" line: every date and weekday costs the same in the encodings
+        # used here; the exact count of the final block checks it.
+        self._date_line_tokens = self.counter.count("[2024-01-01 Mon]\n")
 
     def build_query(self, message: str, context: Sequence[str] = ()) -> str:
         """The search query: the new message, plus recent context when the message is short.
@@ -505,7 +509,16 @@ class Recaller:
     # -- packing ----------------------------------------------------------------------------
 
     def _frame_tokens(self, now: datetime, facts: Sequence[str]) -> int:
-        return self.counter.count(render_block([], now=now, header=self.config.header, facts=facts))
+        """Tokens of the block without excerpts; cached per day and facts (recall runs before
+        every model call, and the frame rarely changes between calls)."""
+        key = (_date(now), tuple(facts))
+        cached = self._frame_cache.get(key)
+        if cached is None:
+            if len(self._frame_cache) >= 256:
+                self._frame_cache.clear()
+            block = render_block([], now=now, header=self.config.header, facts=facts)
+            cached = self._frame_cache[key] = self.counter.count(block)
+        return cached
 
     def _pack(
         self, units: list[_Unit], budget: int, now: datetime, facts: Sequence[str] = ()
@@ -528,7 +541,7 @@ class Recaller:
 
         chosen: list[_Unit] = []
         sessions: set[tuple[str | None, str | None, str]] = set()
-        session_header = count("[2024-01-01 Mon]\n")
+        session_header = self._date_line_tokens
         for u in sorted(units, key=priority, reverse=True):
             sess = _group(u.record)
             extra = 0 if sess in sessions else session_header
