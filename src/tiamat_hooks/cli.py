@@ -403,9 +403,14 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
         raise typer.BadParameter(str(exc), param_hint="--set") from None
 
 
+BENCH_FILE_HELP = (
+    "A memory-recall-bench/1 file (.json or .json.gz), or a CRI persona (its wheel or folder)."
+)
+
+
 @bench_app.command("recall")
 def bench_recall(
-    file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
+    file: Annotated[Path, typer.Argument(help=BENCH_FILE_HELP)],
     budget: Annotated[str, typer.Option(help="Token budgets, comma separated.")] = "512,1024,2048",
     settings: Annotated[
         list[str] | None,
@@ -499,7 +504,7 @@ def bench_recall(
 
 @bench_app.command("compaction")
 def bench_compaction(
-    file: Annotated[Path, typer.Argument(help="A memory-recall-bench/1 file (.json or .json.gz).")],
+    file: Annotated[Path, typer.Argument(help=BENCH_FILE_HELP)],
     json_out: JsonOption = None,
     limit_conversations: Annotated[
         int | None,

@@ -77,10 +77,17 @@ class BenchDataset(_Model):
 def load_dataset(path: str | Path) -> BenchDataset:
     """Load and validate a benchmark file.
 
+    A CRI persona — its wheel or its data folder — is read too, and converted (see
+    :mod:`tiamat_hooks.bench.cri`).
+
     Raises:
         InvalidInputError: the file is missing, not JSON, or not in the expected format.
     """
     p = Path(path)
+    from .cri import is_cri, load_cri
+
+    if is_cri(p):
+        return load_cri(p)
     try:
         raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
         data = json.loads(raw)
