@@ -89,5 +89,6 @@ def test_impossible_or_ambiguous_dates_give_no_window() -> None:
     # "may" followed by a number is still the verb unless a year or "on" says otherwise
     assert days("I may 3x the recipe") == []
     assert days("on May 3") == [(date(2022, 5, 2), date(2022, 5, 5))]
+    assert days("the day after May 1") == [(date(2022, 5, 1), date(2022, 5, 4))]
     # "of October 2022" is the month; its year is not read again as a year of its own
     assert days("the first weekend of October 2022") == [(date(2022, 10, 1), date(2022, 11, 1))]

@@ -342,6 +342,39 @@ async def test_date_cue_lifts_the_day_it_points_at(store: SQLiteMemoryStore) -> 
         assert [s.record.session_id for s in result.snippets] == [sess], message
 
 
+async def test_a_calendar_date_lifts_its_day_over_a_stronger_match(
+    store: SQLiteMemoryStore,
+) -> None:
+    user = new_id()
+    now = datetime(2024, 6, 12, 18, 0, tzinfo=timezone.utc)
+    for sess, day, text in [
+        (
+            "may",
+            datetime(2024, 5, 23, 12, tzinfo=timezone.utc),
+            "After the long meeting the whole team went to the noodle bar for a quick lunch.",
+        ),
+        (
+            "june",
+            datetime(2024, 6, 11, 12, tzinfo=timezone.utc),
+            "Lunch at the noodle bar: noodles for lunch again.",
+        ),
+    ]:
+        await store.add(
+            [make_record(user_id=user, session_id=sess, role="user", text=text, created_at=day)]
+        )
+    cfg = RecallConfig(top_k=1, session_weight=0.0, neighbor_weight=0.0)
+    recaller = Recaller(store, config=cfg, counter=COUNTER)
+    for message, sess in [
+        ("Where did we have lunch and noodles?", "june"),  # no date: the stronger match
+        ("Where did we have lunch and noodles on May 23, 2024?", "may"),
+        ("Where did we have lunch and noodles on the 23rd of May?", "may"),
+        ("Where did we have lunch and noodles on 2024-05-23?", "may"),
+        ("Where did we have lunch and noodles the day after May 22?", "may"),
+    ]:
+        result = await recaller.recall(Scope(user), message, now=now)
+        assert [s.record.session_id for s in result.snippets] == [sess], message
+
+
 async def test_a_long_session_gets_a_date_line_per_day(store: SQLiteMemoryStore) -> None:
     """One session spanning weeks: each excerpt sits under the date it was said, not under the
     session's first day (a long-lived agent session is still dated correctly)."""

@@ -116,7 +116,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
                 continue
             n_raw, unit, direction = m.group(1), m.group(2), m.group(3)
             month_s, day_s = (m.group(4), m.group(5)) if order == "md" else (m.group(5), m.group(4))
-            if month_s == "may" and order == "md" and not (m.group(6) or "on " in m.group(0)):
+            if month_s == "may" and order == "md" and not (m.group(6) or unit or "on " in m[0]):
                 continue  # "I may 2x it": the verb, not the month
             window = _calendar_day(
                 _MONTHS.index(month_s) + 1, int(day_s), m.group(6), today, n_raw, unit, direction
