@@ -143,3 +143,12 @@ def test_bench_recall_runs_on_a_cri_wheel(tmp_path: Path) -> None:
     assert set(result["recall"]) == {"overall", "conflict", "knowledge-update"}
     ev = result["evidence"]
     assert ev["recalled"] + ev["not_found"] + ev["not_fitted"] == 4
+
+
+def test_without_a_persona_name_questions_ask_about_the_user(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "p")
+    (folder / "metadata.json").unlink()
+    data = load_cri(folder)
+    assert data.name == "cri-cri"
+    first = data.conversations[0].questions[0]
+    assert first.question == "What is the user's current occupation?"

@@ -106,8 +106,8 @@ def _build(
         raise InvalidInputError("CRI data has no messages")
     messages = sorted(messages, key=lambda m: (str(m["timestamp"]), int(m["message_id"])))
     when = {int(m["message_id"]): str(m["timestamp"]) for m in messages}
-    name = str(meta.get("persona_name") or "the user")
-    first = name.split()[0]
+    persona_name = str(meta.get("persona_name") or "").split()
+    first = persona_name[0] if persona_name else "the user"
     dataset_id = str(meta.get("dataset_id") or "cri")
 
     def day_after(ids: list[int]) -> str:
