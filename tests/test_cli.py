@@ -133,6 +133,9 @@ def test_bench_recall_json(tmp_path: Path, gz: bool) -> None:
     assert small["recall"]["overall"] < 2 / 3
     assert small["evidence"]["not_fitted"] == 2 - round(small["recall"]["overall"] * 3)
     assert "overall" in res.output and "not fitted" in res.output
+    # each category's figure says how many questions it rests on
+    assert report["categories"] == {"single-hop": 1, "temporal": 2}
+    assert "temporal (2)" in res.output
 
 
 def test_bench_recall_plot(tmp_path: Path) -> None:

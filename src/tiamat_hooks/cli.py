@@ -469,7 +469,8 @@ def bench_recall(
         for r in report.results:
             table.add_column(f"@{r.budget}", justify="right")
         for cat in ["overall", *cats]:
-            table.add_row(cat, *(f"{r.recall[cat]:.3f}" for r in report.results))
+            label = cat if cat == "overall" else f"{cat} ({report.categories.get(cat, 0)})"
+            table.add_row(label, *(f"{r.recall[cat]:.3f}" for r in report.results))
         table.add_row(
             "tokens mean / max", *(f"{r.tokens_mean:.0f} / {r.tokens_max}" for r in report.results)
         )

@@ -153,6 +153,8 @@ class RecallBenchReport:
     dataset: str
     questions: int
     results: list[BudgetResult] = field(default_factory=list)
+    categories: dict[str, int] = field(default_factory=dict)
+    """Questions per category (a category's figure rests on this many)."""
     embeddings: dict[str, Any] | None = None
     """With dense retrieval: model, texts embedded, embedding time and rates."""
 
@@ -160,6 +162,7 @@ class RecallBenchReport:
         out: dict[str, Any] = {
             "dataset": self.dataset,
             "questions": self.questions,
+            "categories": self.categories,
             "results": [r.as_json() for r in self.results],
         }
         if self.embeddings is not None:
@@ -204,6 +207,7 @@ async def run_recall_bench(
         b: {"total": 0, "recalled": 0, "not_found": 0, "not_fitted": 0} for b in budgets
     }
     questions = 0
+    categories: dict[str, int] = {}
     embedder: Embedder | None = None
     if embeddings is not False:
         from ..embeddings import default_embedder
@@ -229,6 +233,7 @@ async def run_recall_bench(
             recaller = Recaller(store, config=config, counter=counter)
             for q in conv.questions:
                 questions += 1
+                categories[q.category] = categories.get(q.category, 0) + 1
                 now = parse_time(q.asked_at)
                 for b in budgets:
                     t0 = time.perf_counter()
@@ -252,7 +257,7 @@ async def run_recall_bench(
                 emb["query_s"] += hybrid.embed_seconds - before[1]
         finally:
             await store.close()
-    report = RecallBenchReport(data.name, questions)
+    report = RecallBenchReport(data.name, questions, categories=dict(sorted(categories.items())))
     if embedder is not None:
         report.embeddings = {
             "model": embedder.model_id,
