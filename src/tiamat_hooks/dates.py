@@ -112,7 +112,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
     claimed: list[tuple[int, int]] = []
     for pattern, order in ((_DATE_MD, "md"), (_DATE_DM, "dm")):
         for m in pattern.finditer(text):
-            if any(a < m.end() and m.start() < b for a, b in claimed):
+            if _overlaps(m, claimed):
                 continue
             n_raw, unit, direction = m.group(1), m.group(2), m.group(3)
             month_s, day_s = (m.group(4), m.group(5)) if order == "md" else (m.group(5), m.group(4))
@@ -125,7 +125,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
                 claimed.append((m.start(), m.end()))
                 found.append((m.start(), window))
     for m in _MONTH.finditer(text):
-        if any(a < m.end() and m.start() < b for a, b in claimed):
+        if _overlaps(m, claimed):
             continue  # the month of a calendar date already read
         month = _MONTHS.index(m.group(1)) + 1
         year = int(m.group(2)) if m.group(2) else today.year
@@ -140,11 +140,16 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
             found.append((m.start(), window))
     for m in _YEAR.finditer(text):
         year = int(m.group(1))
-        if any(a <= m.start(1) < b for a, b in claimed) or year > today.year:
+        if _overlaps(m, claimed) or year > today.year:
             continue
         start = datetime(year, 1, 1, tzinfo=timezone.utc)
         found.append((m.start(), (start, start.replace(year=year + 1))))
     return [w for _, w in sorted(found, key=lambda x: x[0])]
+
+
+def _overlaps(m: re.Match[str], spans: list[tuple[int, int]]) -> bool:
+    """Whether match ``m`` overlaps one of ``spans`` (text a calendar date already read)."""
+    return any(a < m.end() and m.start() < b for a, b in spans)
 
 
 def _calendar_day(

@@ -80,10 +80,11 @@ def _read(path: Path, persona: str | None) -> Iterator[tuple[str, str]]:
                 yield name, (path / name).read_text(encoding="utf-8")
         return
     with zipfile.ZipFile(path) as zf:
+        members = set(zf.namelist())
         folders = sorted(
             {
                 n[: -len("ground_truth.json")]
-                for n in zf.namelist()
+                for n in members
                 if n.startswith(_DATA_DIR) and n.endswith("/ground_truth.json")
             }
         )
@@ -95,7 +96,7 @@ def _read(path: Path, persona: str | None) -> Iterator[tuple[str, str]]:
             )
         for name in names:
             member = folders[0] + name
-            if member in zf.namelist():
+            if member in members:
                 yield name, zf.read(member).decode("utf-8")
 
 
