@@ -512,6 +512,60 @@ async def test_store_down_run_succeeds_and_failures_are_counted(
     assert len([r for r in caplog.records if "memory" in r.getMessage()]) == 1
 
 
+class SearchCountingStore(SQLiteMemoryStore):
+    """Counts searches of turns; with ``fail=True`` those searches raise (reads still work)."""
+
+    def __init__(self, *args: Any, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = fail
+        self.turn_searches = 0
+
+    async def search(self, query: str, scope: Scope, **kwargs: Any) -> Any:
+        if "turn" in kwargs.get("kinds", ("turn",)):
+            self.turn_searches += 1
+            if self.fail:
+                await asyncio.sleep(0.01)  # still in flight while the session's tail is read
+                raise StoreUnavailableError("search index unavailable")
+        return await super().search(query, scope, **kwargs)
+
+
+async def test_one_search_per_run_overlapping_the_tail_read(tmp_path: Path, user_id: str) -> None:
+    store = SearchCountingStore(tmp_path / "m.db")
+    try:
+        await tell_fact(store, user_id)
+        before = store.turn_searches
+        hooks = TiamatHooks(store, user_id=user_id, session_id="s2")
+        model = ScriptedModel(
+            [[function_call("get_weather", {"city": "Nice"}, call_id="c1")], reply("ok", 1)]
+        )
+        agent = Agent(name="assistant", model=model, tools=[get_weather])
+        await Runner.run(agent, QUESTION, hooks=hooks, run_config=hooks.wrap())
+        await hooks.flush()
+        assert store.turn_searches - before == 1  # started early, used once, never repeated
+        assert [len(memory_items(c)) for c in model.calls] == [1, 1]
+        assert "Biscuit" in memory_items(model.calls[0])[0]["content"]
+    finally:
+        await store.close()
+
+
+async def test_failed_search_fails_open_and_turns_are_still_stored(
+    tmp_path: Path, user_id: str
+) -> None:
+    store = SearchCountingStore(tmp_path / "m.db", fail=True)
+    try:
+        hooks = TiamatHooks(store, user_id=user_id, session_id="s")
+        model = ScriptedModel([reply("Hello!")])
+        result = await Runner.run(Agent(name="assistant", model=model), QUESTION, hooks=hooks)
+        await hooks.flush()
+        assert result.final_output == "Hello!"
+        assert memory_items(model.calls[0]) == []
+        assert hooks.stats.failures == {"recall": 1}
+        assert hooks.stats.last_error_type == "StoreUnavailableError"
+        assert [r.text for r in await turns(store, user_id, "s")] == [QUESTION, "Hello!"]
+    finally:
+        await store.close()
+
+
 async def test_strict_raises_store_errors_into_the_run() -> None:
     hooks = TiamatHooks(DownStore(), user_id="u", strict=True)  # type: ignore[arg-type]
     model = ScriptedModel([reply("never")])

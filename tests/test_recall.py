@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -130,6 +131,40 @@ async def test_exclude_ids(store: SQLiteMemoryStore) -> None:
     excluded = {s.record.id for s in first.snippets}
     second = await recaller.recall(Scope(user), "Lisbon bakery job", now=NOW, exclude_ids=excluded)
     assert not excluded & {s.record.id for s in second.snippets}
+
+
+class CountingStore(SQLiteMemoryStore):
+    """Counts the searches recall sends to the store."""
+
+    searches = 0
+
+    async def search(self, *args: Any, **kwargs: Any) -> Any:
+        self.searches += 1
+        return await super().search(*args, **kwargs)
+
+
+async def test_recall_packs_the_hits_of_an_earlier_search(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "c.db")
+    try:
+        user = new_id()
+        await seed(store, user)
+        recaller = Recaller(store, counter=COUNTER)
+        query = "Lisbon bakery job"
+        direct = await recaller.recall(Scope(user), query, now=NOW)
+        assert store.searches == 1
+        hits = await recaller.search(Scope(user), query)
+        assert store.searches == 2 and hits
+        given = await recaller.recall(Scope(user), query, now=NOW, hits=hits)
+        assert store.searches == 2  # the given hits are used, not searched again
+        assert given.block == direct.block and given.candidates == direct.candidates
+        # Exclusions apply to given hits as to recall's own search.
+        excluded = {s.record.id for s in direct.snippets}
+        again = await recaller.recall(Scope(user), query, now=NOW, hits=hits, exclude_ids=excluded)
+        assert not excluded & {s.record.id for s in again.snippets}
+        assert await recaller.search(Scope(user), "?! ...") == []  # no searchable words
+        assert store.searches == 2
+    finally:
+        await store.close()
 
 
 async def test_long_turn_injects_only_matching_part(store: SQLiteMemoryStore) -> None:

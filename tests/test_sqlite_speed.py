@@ -187,3 +187,26 @@ async def test_search_reads_only_the_records_it_returns() -> None:
     finally:
         sqlite_store._fetch_by_rowid = real
         await store.close()
+
+
+async def test_file_connections_read_through_a_memory_map(tmp_path: Path) -> None:
+    from tiamat_hooks import _sqlite
+
+    file_store = SQLiteMemoryStore(tmp_path / "m.db")
+    memory_store = SQLiteMemoryStore(":memory:")
+    try:
+
+        def mmap_size(conn: sqlite3.Connection) -> int:
+            row = conn.execute("PRAGMA mmap_size").fetchone()
+            return 0 if row is None else int(row[0])
+
+        on_file = await file_store._db.run(mmap_size)
+        assert 0 < on_file <= _sqlite.MMAP_BYTES  # SQLite may cap it at its build's limit
+        assert await memory_store._db.run(mmap_size) == 0  # nothing to map
+        # Reads through the map see what was just written.
+        rec = make_record(user_id="u", session_id="s", text="mapped pages", created_at=T0)
+        await file_store.add([rec])
+        assert [r.text for r in await file_store.read(Scope("u"))] == ["mapped pages"]
+    finally:
+        await file_store.close()
+        await memory_store.close()

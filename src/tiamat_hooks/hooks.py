@@ -124,7 +124,7 @@ from .compaction import (
 from .errors import ConfigError, StoreError, SummarizationError
 from .facts import FactExtractor, learn, relevant_fact_lines
 from .items import item_role, item_text, item_to_record, to_jsonable
-from .models import MemoryRecord, Scope, new_id, utcnow
+from .models import MemoryRecord, Scope, SearchHit, new_id, utcnow
 from .recall import RecallConfig, Recaller, RecallResult
 from .redaction import redact_json
 from .stores import MemoryStore, open_store
@@ -996,7 +996,14 @@ class TiamatHooks(RunHooks[Any]):
         started = time.perf_counter()
         message, context = _query_parts(clean)
         recall_scope = Scope(user, agent_id=explicit_agent)
+        searched: asyncio.Future[list[SearchHit]] | None = None
         facts_read: asyncio.Future[list[str]] | None = None
+        if self.recall_config.budget > 0:
+            # The search does not depend on the session's tail either (exclusions apply to its
+            # hits afterwards): sent now, it runs while the tail is read and planned for.
+            searched = asyncio.ensure_future(
+                self.recaller.search(recall_scope, message, context=context)
+            )
         if self.facts and self.recall_config.budget > 0:
             # The facts do not depend on the session's tail: read them at the same time (one
             # store round trip fewer before the first model call). Unused if the budget left
@@ -1041,8 +1048,12 @@ class TiamatHooks(RunHooks[Any]):
                     r.id for r, (fp, _) in zip(tail, tail_fps, strict=True) if fp in visible
                 )
                 facts: list[str] = []
-                if facts_read is not None and budget > 0:
-                    facts = await facts_read
+                hits: list[SearchHit] | None = None
+                if budget > 0:
+                    if searched is not None:
+                        hits = await searched
+                    if facts_read is not None:
+                        facts = await facts_read
                 result = await self.recaller.recall(
                     recall_scope,
                     message,
@@ -1051,12 +1062,14 @@ class TiamatHooks(RunHooks[Any]):
                     exclude_ids=exclude,
                     budget=budget,
                     facts=facts,
+                    hits=hits,
                 )
             except StoreError as exc:
                 span.span_data.data["error"] = type(exc).__name__
                 self._failed("recall", exc, state, prepared)
                 return prepared
             finally:
+                _discard(searched)
                 _discard(facts_read)
             prepared.result = result
             self.stats.recalls += 1

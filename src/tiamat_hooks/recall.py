@@ -268,6 +268,20 @@ class Recaller:
                     break
         return query
 
+    async def search(
+        self, scope: Scope, message: str, *, context: Sequence[str] = ()
+    ) -> list[SearchHit]:
+        """The store search :meth:`recall` runs for ``message``: its candidates, best first.
+
+        For callers that start it early, overlapping it with other reads, and hand the result
+        to :meth:`recall` as ``hits``. No searchable words: ``[]`` without a store call.
+        """
+        query = self.build_query(message, context)
+        if not query_terms(query):
+            return []
+        limit = min(self.config.candidates, self.store.capabilities.max_search_limit)
+        return await self.store.search(query, scope, kinds=self.config.kinds, limit=limit)
+
     async def recall(
         self,
         scope: Scope,
@@ -278,12 +292,17 @@ class Recaller:
         budget: int | None = None,
         exclude_ids: Collection[str] = (),
         facts: Sequence[str] = (),
+        hits: Sequence[SearchHit] | None = None,
     ) -> RecallResult:
         """Find and pack memory for ``message``. See the module docstring for the contract.
 
         ``facts`` are pre-rendered lines (most relevant first) shown under "Known facts" at the
         top of the block, inside the same ``budget``: they take at most half of it (the least
         relevant are left out first) and excerpts fill what is left. No facts: no section.
+
+        ``hits``: what :meth:`search` returned for the same ``scope``, ``message`` and
+        ``context``, when the caller ran it already; ``None`` searches here. Exclusions apply
+        to them as to a search of recall's own.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -297,8 +316,8 @@ class Recaller:
         cap = max(budget // 2, self._frame_tokens(now, ()))
         while fact_lines and self._frame_tokens(now, fact_lines) > cap:
             fact_lines.pop()
-        limit = min(cfg.candidates, self.store.capabilities.max_search_limit)
-        hits = await self.store.search(query, scope, kinds=cfg.kinds, limit=limit)
+        if hits is None:
+            hits = await self.search(scope, message, context=context)
         hits = [
             h
             for h in hits
