@@ -136,6 +136,56 @@ async def test_lexical_and_dense_agree_on_an_exact_match(hybrid: Any) -> None:
     assert len(hits) <= 2 and "quarterly" in hits[0].record.text
 
 
+async def test_score_fusion_keeps_the_lexical_scores_shape(embedder: Any) -> None:
+    from tiamat_hooks.embeddings import HybridStore
+
+    lexical_only = HybridStore(SQLiteMemoryStore(":memory:"), embedder, dense_weight=0.0)
+    try:
+        u = new_id()
+        texts = [*PETS, "Biscuit the golden retriever swam in the lake", "A report on Biscuit"]
+        await lexical_only.add([turn(u, "s", t, i) for i, t in enumerate(texts)])
+        query = "golden retriever Biscuit"
+        inner = await lexical_only.inner.search(query, Scope(u))
+        fused = await lexical_only.search(query, Scope(u))
+        assert len(inner) >= 3
+        assert [h.record.id for h in fused] == [h.record.id for h in inner]
+        # Ratios to the best hit survive (rank fusion would flatten them to 1/(k + rank)).
+        top = inner[0].score
+        assert [round(h.score, 9) for h in fused] == [round(h.score / top, 9) for h in inner]
+    finally:
+        await lexical_only.close()
+
+
+async def test_a_record_both_sides_find_outranks_one_side_alone(hybrid: Any) -> None:
+    u = new_id()
+    await hybrid.add([turn(u, "s", t, i) for i, t in enumerate(PETS)])
+    query = "golden retriever"
+    lexical = await hybrid.inner.search(query, Scope(u))
+    hits = await hybrid.search(query, Scope(u))
+    assert [h.record.id for h in lexical][:1] == [hits[0].record.id]
+    # Found by both: the lexical share (1.0, the best) plus a dense share.
+    assert hits[0].score > hybrid.lexical_weight
+
+
+def test_fusion_shares(embedder: Any) -> None:
+    from tiamat_hooks.embeddings import HybridStore
+    from tiamat_hooks.models import SearchHit
+
+    inner = SQLiteMemoryStore(":memory:")
+    rec = [turn("u", "s", f"t{i}", i) for i in range(3)]
+    by_score = HybridStore(inner, embedder)
+    hits = [SearchHit(rec[0], 0.8), SearchHit(rec[1], 0.5), SearchHit(rec[2], 0.2)]
+    assert by_score._parts(hits, 0.2) == pytest.approx([1.0, 0.5, 0.0])
+    assert by_score._parts(hits, 0.0) == pytest.approx([1.0, 0.625, 0.25])
+    no_scores = [SearchHit(r, 0.0) for r in rec]  # a store that does not score
+    assert by_score._parts(no_scores, 0.0) == pytest.approx([1.0, 1 / 2, 1 / 3])
+    assert by_score._parts([], 0.2) == []
+    by_rank = HybridStore(inner, embedder, fusion="rrf", rrf_k=5)
+    assert by_rank._parts(hits, 0.2) == pytest.approx([1 / 6, 1 / 7, 1 / 8])
+    with pytest.raises(ConfigError, match="fusion"):
+        HybridStore(inner, embedder, fusion="max")  # type: ignore[arg-type]
+
+
 async def test_query_about_nothing_stored_finds_nothing(hybrid: Any) -> None:
     u = new_id()
     await hybrid.add([turn(u, "s", "completely unrelated", 0)])

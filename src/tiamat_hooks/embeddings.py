@@ -4,7 +4,11 @@
 deletes go to the inner store; every stored record's index units (the same units and spans the
 SQLite store indexes, see :func:`tiamat_hooks.text.index_units`) are also embedded and kept per
 user. ``search`` runs the inner (lexical) search and a dense search over that user's vectors and
-fuses the two rankings by reciprocal-rank fusion: a record scores
+fuses the two. By default (``fusion="score"``) scores are added after normalising each side: a
+record scores ``lexical_weight * lexical / best_lexical + dense_weight * (similarity - floor) /
+(best_similarity - floor)`` (``floor`` = ``min_similarity``; a side that did not find the record
+adds nothing), so the lexical scores keep their shape — how far the best hit stands above the
+rest, which recall's ranking reads. ``fusion="rrf"`` is reciprocal-rank fusion instead:
 ``lexical_weight / (rrf_k + lexical_rank) + dense_weight / (rrf_k + dense_rank)``.
 
 The default embedder, :class:`MiniLMEmbedder`, is sentence-transformers' all-MiniLM-L6-v2
@@ -35,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ._sqlite import SQLiteFile
 from .errors import ConfigError
@@ -298,11 +302,14 @@ class HybridStore(StoreWrapper):
     Args:
         inner: any store; everything but ``search`` is delegated to it (``close`` closes it).
         embedder: an :class:`Embedder`; default :func:`default_embedder` (needs the extra).
-        rrf_k: reciprocal-rank fusion constant; smaller trusts the top ranks more.
-        lexical_weight / dense_weight: weights of the two rankings in the fusion. The defaults
-            (``rrf_k=5``, dense at half the lexical weight) were measured on LoCoMo: dense
-            retrieval alone is much weaker than the lexical search, so it is the second vote;
-            ``rrf_k=15`` with equal weights lost 0.08 recall at a 512-token budget.
+        fusion: ``"score"`` (normalised scores added, the default) or ``"rrf"``
+            (reciprocal-rank fusion); see the module docstring.
+        rrf_k: reciprocal-rank fusion constant (``fusion="rrf"`` only); smaller trusts the top
+            ranks more.
+        lexical_weight / dense_weight: weights of the two sides in the fusion. Dense retrieval
+            alone is much weaker than the lexical search, so it is the second vote: at half the
+            lexical weight (the default) score fusion beat rank fusion on LoCoMo and on
+            LongMemEval at every budget measured (README, "Recall"); at equal weight it lost.
         min_similarity: dense hits below this cosine similarity are ignored, so a query about
             nothing stored still finds nothing.
         embed_context: embed a short previous turn (and the speaker) with a turn, as the
@@ -321,6 +328,7 @@ class HybridStore(StoreWrapper):
         inner: MemoryStore,
         embedder: Embedder | None = None,
         *,
+        fusion: Literal["score", "rrf"] = "score",
         rrf_k: float = 5.0,
         lexical_weight: float = 1.0,
         dense_weight: float = 0.5,
@@ -337,12 +345,15 @@ class HybridStore(StoreWrapper):
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if fusion not in ("score", "rrf"):
+            raise ConfigError(f"fusion must be 'score' or 'rrf', got {fusion!r}")
         if embedder is None:
             embedder = default_embedder()
         elif not isinstance(embedder, Embedder):
             raise ConfigError("embedder must have model_id, dim and embed(texts)")
         super().__init__(inner)
         self.embedder = embedder
+        self.fusion = fusion
         self.rrf_k = float(rrf_k)
         self.lexical_weight = float(lexical_weight)
         self.dense_weight = float(dense_weight)
@@ -500,9 +511,12 @@ class HybridStore(StoreWrapper):
             self._dense_search(query, scope, kinds, limit),
         )
         fused: dict[str, list[Any]] = {}  # id -> [score, record, span, best contribution]
-        for hits, weight in ((lexical, self.lexical_weight), (dense, self.dense_weight)):
-            for rank, hit in enumerate(hits, start=1):
-                part = weight / (self.rrf_k + rank)
+        for hits, weight, parts in (
+            (lexical, self.lexical_weight, self._parts(lexical, 0.0)),
+            (dense, self.dense_weight, self._parts(dense, self.min_similarity)),
+        ):
+            for hit, share in zip(hits, parts, strict=True):
+                part = weight * share
                 cur = fused.get(hit.record.id)
                 if cur is None:
                     fused[hit.record.id] = [part, hit.record, hit.span, part]
@@ -512,6 +526,20 @@ class HybridStore(StoreWrapper):
                         cur[2], cur[3] = hit.span, part
         ordered = sorted(fused.values(), key=lambda v: -v[0])[:limit]
         return [SearchHit(rec, score, span) for score, rec, span, _ in ordered]
+
+    def _parts(self, hits: list[SearchHit], floor: float) -> list[float]:
+        """Each hit's share of its side's vote (before the side's weight), best first.
+
+        ``"rrf"``: ``1 / (rrf_k + rank)``. ``"score"``: ``(score - floor) / (best - floor)``,
+        so the best hit gets 1; scores that are not above ``floor`` (a store without real
+        scores) fall back to ``1 / rank``.
+        """
+        if self.fusion == "rrf":
+            return [1.0 / (self.rrf_k + rank) for rank in range(1, len(hits) + 1)]
+        best = max((h.score for h in hits), default=floor)
+        if best <= floor:
+            return [1.0 / rank for rank in range(1, len(hits) + 1)]
+        return [max(0.0, (h.score - floor) / (best - floor)) for h in hits]
 
     async def _dense_search(
         self, query: str, scope: Scope, kinds: list[RecordKind], limit: int
