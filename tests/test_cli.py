@@ -220,6 +220,15 @@ def test_bench_recall_bad_set(tmp_path: Path, pair: str) -> None:
     assert "--set" in res.output
 
 
+@pytest.mark.parametrize("option", [["--fusion", "rrf"], ["--dense-weight", "0.25"]])
+def test_bench_recall_fusion_options_need_embeddings(tmp_path: Path, option: list[str]) -> None:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_dataset()))
+    res = runner.invoke(app, ["bench", "recall", str(path), *option])
+    assert res.exit_code == 2, res.output
+    assert "needs --embeddings" in res.output
+
+
 def test_bench_recall_bad_budget(tmp_path: Path) -> None:
     res = runner.invoke(app, ["bench", "recall", "x.json", "--budget", "ten"])
     assert res.exit_code == 2

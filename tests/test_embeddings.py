@@ -329,6 +329,30 @@ class _CountingEmbedder:
         return out
 
 
+async def test_recall_bench_passes_hybrid_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numpy")
+    from tests.test_cli import tiny_dataset
+    from tiamat_hooks import embeddings
+    from tiamat_hooks.bench.dataset import BenchDataset
+    from tiamat_hooks.bench.recall import run_recall_bench
+
+    made: list[Any] = []
+
+    class Recording(embeddings.HybridStore):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(embeddings, "HybridStore", Recording)
+    data = BenchDataset.model_validate(tiny_dataset())
+    options = {"fusion": "rrf", "dense_weight": 0.25}
+    report = await run_recall_bench(
+        data, budgets=(256,), embeddings=_CountingEmbedder(), hybrid_options=options
+    )
+    assert report.embeddings is not None and made
+    assert all(s.fusion == "rrf" and s.dense_weight == 0.25 for s in made)
+
+
 async def test_open_store_wires_an_embedder(tmp_path: Path) -> None:
     pytest.importorskip("numpy")
     from tiamat_hooks.embeddings import HybridStore

@@ -435,6 +435,17 @@ def bench_recall(
             "'embeddings' extra.",
         ),
     ] = False,
+    fusion: Annotated[
+        Literal["score", "rrf"] | None,
+        typer.Option(
+            help="With --embeddings: add normalised scores (score, the default) or fuse ranks "
+            "(rrf).",
+        ),
+    ] = None,
+    dense_weight: Annotated[
+        float | None,
+        typer.Option(help="With --embeddings: the dense side's weight (default 0.5).", min=0.0),
+    ] = None,
 ) -> None:
     """Evidence recall within token budgets, scored as the dataset's README says."""
     from .bench.dataset import load_dataset
@@ -442,6 +453,13 @@ def bench_recall(
 
     budgets = _budgets(budget)
     config = _recall_config(settings)
+    hybrid: dict[str, Any] = {}
+    if fusion is not None:
+        hybrid["fusion"] = fusion
+    if dense_weight is not None:
+        hybrid["dense_weight"] = dense_weight
+    if hybrid and not embeddings:
+        raise typer.BadParameter("needs --embeddings", param_hint="--fusion / --dense-weight")
     if embeddings:
         from .embeddings import default_embedder
 
@@ -462,6 +480,7 @@ def bench_recall(
                 store_url=store,
                 progress=lambda n: bar.advance(task, n),
                 embeddings=embeddings,
+                hybrid_options=hybrid,
             )
         cats = [k for k in report.results[0].recall if k != "overall"]
         table = Table(title=f"{report.dataset}: evidence recall ({report.questions} questions)")

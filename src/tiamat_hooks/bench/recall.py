@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -186,6 +186,7 @@ async def run_recall_bench(
     store_url: str | None = None,
     progress: Callable[[int], None] | None = None,
     embeddings: bool | Embedder = False,
+    hybrid_options: Mapping[str, Any] | None = None,
 ) -> RecallBenchReport:
     """Run the benchmark. ``store_url`` None uses a fresh in-memory SQLite store per conversation.
 
@@ -194,7 +195,8 @@ async def run_recall_bench(
 
     ``embeddings`` wraps each conversation's store in a
     :class:`~tiamat_hooks.embeddings.HybridStore` (``True``: the default MiniLM model); the
-    report then says how long embedding took at ingest and per query.
+    report then says how long embedding took at ingest and per query. ``hybrid_options`` are
+    passed to that ``HybridStore`` (``fusion``, ``dense_weight``, ...).
     """
     import uuid
 
@@ -220,7 +222,7 @@ async def run_recall_bench(
         if embedder is not None:
             from ..embeddings import HybridStore
 
-            store = hybrid = HybridStore(store, embedder)
+            store = hybrid = HybridStore(store, embedder, **(hybrid_options or {}))
         user_id = f"bench-{conv.id}-{uuid.uuid4().hex[:8]}" if store_url else f"bench-{conv.id}"
         try:
             t_ingest = time.perf_counter()
