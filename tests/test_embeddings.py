@@ -351,6 +351,8 @@ async def test_recall_bench_passes_hybrid_options(monkeypatch: pytest.MonkeyPatc
     )
     assert report.embeddings is not None and made
     assert all(s.fusion == "rrf" and s.dense_weight == 0.25 for s in made)
+    with pytest.raises(ConfigError, match="need embeddings"):
+        await run_recall_bench(data, budgets=(256,), hybrid_options=options)
 
 
 async def test_open_store_wires_an_embedder(tmp_path: Path) -> None:

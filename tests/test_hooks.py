@@ -529,6 +529,44 @@ class SearchCountingStore(SQLiteMemoryStore):
         return await super().search(query, scope, **kwargs)
 
 
+class TailWaitsForSearch(SQLiteMemoryStore):
+    """The session tail read returns only once recall's search has been sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.searching = asyncio.Event()
+        self.overlapped: list[bool] = []
+
+    async def search(self, query: str, scope: Scope, **kwargs: Any) -> Any:
+        self.searching.set()
+        return await super().search(query, scope, **kwargs)
+
+    async def read(self, scope: Scope, **kwargs: Any) -> Any:
+        if scope.session_id is not None and kwargs.get("newest"):
+            try:
+                await asyncio.wait_for(self.searching.wait(), timeout=2)
+                self.overlapped.append(True)
+            except asyncio.TimeoutError:
+                self.overlapped.append(False)
+        return await super().read(scope, **kwargs)
+
+
+async def test_search_is_sent_before_the_tail_read_returns(tmp_path: Path, user_id: str) -> None:
+    store = TailWaitsForSearch(tmp_path / "m.db")
+    try:
+        await tell_fact(store, user_id)
+        store.searching.clear()
+        store.overlapped.clear()
+        hooks = TiamatHooks(store, user_id=user_id, session_id="s2")
+        model = ScriptedModel([reply("ok")])
+        await Runner.run(Agent(name="assistant", model=model), QUESTION, hooks=hooks)
+        await hooks.flush()
+        assert store.overlapped == [True]  # a search after the tail read would time out
+        assert "Biscuit" in memory_items(model.calls[0])[0]["content"]
+    finally:
+        await store.close()
+
+
 async def test_one_search_per_run_overlapping_the_tail_read(tmp_path: Path, user_id: str) -> None:
     store = SearchCountingStore(tmp_path / "m.db")
     try:

@@ -7,6 +7,8 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from tiamat_hooks.facts import current_facts, learn
 from tiamat_hooks.models import MemoryRecord, Scope, make_record
 from tiamat_hooks.stores import SQLiteMemoryStore
@@ -201,8 +203,20 @@ async def test_file_connections_read_through_a_memory_map(tmp_path: Path) -> Non
             return 0 if row is None else int(row[0])
 
         on_file = await file_store._db.run(mmap_size)
+        options = await file_store._db.run(
+            lambda c: [r[0] for r in c.execute("PRAGMA compile_options")]
+        )
+        if on_file == 0 and "MAX_MMAP_SIZE=0" in options:
+            pytest.skip("this SQLite build cannot map files")
         assert 0 < on_file <= _sqlite.MMAP_BYTES  # SQLite may cap it at its build's limit
         assert await memory_store._db.run(mmap_size) == 0  # nothing to map
+        off = SQLiteMemoryStore(tmp_path / "off.db", mmap_bytes=0)
+        try:
+            assert await off._db.run(mmap_size) == 0
+        finally:
+            await off.close()
+        with pytest.raises(ValueError, match="mmap_bytes"):
+            SQLiteMemoryStore(tmp_path / "bad.db", mmap_bytes=-1)
         # Reads through the map see what was just written.
         rec = make_record(user_id="u", session_id="s", text="mapped pages", created_at=T0)
         await file_store.add([rec])

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import StoreConflictError, StoreError, StoreTimeoutError, StoreUnavailableError
+from .errors import (
+    ConfigError,
+    StoreConflictError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 
 __all__ = ["SQLiteFile", "map_sqlite_error"]
 
@@ -27,8 +33,11 @@ CACHE_KIB = -65536
 """``PRAGMA cache_size`` of every connection (negative: KiB, so 64 MiB)."""
 
 MMAP_BYTES = 1 << 30
-"""``PRAGMA mmap_size`` of file connections: the first GiB of the file is read through a memory
-map instead of ``read()`` calls that copy each page (SQLite caps it at its compile-time limit)."""
+"""Default ``PRAGMA mmap_size`` of file connections: the first GiB of the file is read through a
+memory map instead of ``read()`` calls that copy each page (SQLite caps it at its compile-time
+limit). The trade-off SQLite documents: an I/O error while reading mapped pages (a failing disk,
+a file cut short under the process) arrives as a signal that ends the process instead of as an
+error; ``mmap_bytes=0`` turns the map off."""
 
 
 def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
@@ -83,6 +92,7 @@ class SQLiteFile:
         migrations: append-only SQL scripts; script ``i`` brings ``user_version`` to ``i + 1``.
         busy_timeout: seconds to wait for another process's write lock.
         name: used in the worker thread's name and in "closed" errors.
+        mmap_bytes: ``PRAGMA mmap_size`` of a file database (see :data:`MMAP_BYTES`); 0: off.
     """
 
     def __init__(
@@ -92,8 +102,12 @@ class SQLiteFile:
         migrations: Sequence[str],
         busy_timeout: float = 30.0,
         name: str = "sqlite",
+        mmap_bytes: int = MMAP_BYTES,
     ) -> None:
+        if isinstance(mmap_bytes, bool) or not isinstance(mmap_bytes, int) or mmap_bytes < 0:
+            raise ConfigError(f"mmap_bytes must be an int >= 0, got {mmap_bytes!r}")
         self.path = str(path)
+        self.mmap_bytes = mmap_bytes
         self.busy_timeout = busy_timeout
         self.name = name
         self._migrations = tuple(migrations)
@@ -130,7 +144,7 @@ class SQLiteFile:
                     # Memory is only taken as pages are used.
                     conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
                     if self.path != ":memory:":
-                        conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+                        conn.execute(f"PRAGMA mmap_size = {self.mmap_bytes}")
                     _migrate(conn, self._migrations)
                 except BaseException:
                     conn.close()

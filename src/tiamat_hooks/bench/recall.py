@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from ..models import Scope, make_record
 from ..recall import RecallConfig, Recaller, RecallResult
 from ..stores import open_store
@@ -200,6 +201,8 @@ async def run_recall_bench(
     """
     import uuid
 
+    if hybrid_options and embeddings is False:
+        raise ConfigError("hybrid_options need embeddings (they configure the HybridStore)")
     counter = TokenCounter(SCORING_ENCODING)
     config = config or RecallConfig()
     scores: dict[int, list[tuple[str, float]]] = {b: [] for b in budgets}

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._sqlite import SQLiteFile
+from .._sqlite import MMAP_BYTES, SQLiteFile
 from ..errors import (
     InvalidInputError,
     StoreConflictError,
@@ -188,12 +188,27 @@ class SQLiteMemoryStore:
             for a private in-memory database.
         busy_timeout: seconds a writer waits for another process's lock before failing with
             :class:`~tiamat_hooks.errors.StoreTimeoutError`.
+        mmap_bytes: how much of the file is read through a memory map (default 1 GiB; ``0``
+            reads every page with ``read()``). With the map, an I/O error on a mapped page
+            ends the process instead of raising (see :data:`tiamat_hooks._sqlite.MMAP_BYTES`).
 
     No I/O happens in the constructor; the file is opened on first use.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, busy_timeout: float = 30.0) -> None:
-        self._db = SQLiteFile(path, migrations=MIGRATIONS, busy_timeout=busy_timeout, name="sqlite")
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        busy_timeout: float = 30.0,
+        mmap_bytes: int = MMAP_BYTES,
+    ) -> None:
+        self._db = SQLiteFile(
+            path,
+            migrations=MIGRATIONS,
+            busy_timeout=busy_timeout,
+            name="sqlite",
+            mmap_bytes=mmap_bytes,
+        )
         self.path = self._db.path
         self.busy_timeout = busy_timeout
 
