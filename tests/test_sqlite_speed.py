@@ -217,6 +217,12 @@ async def test_file_connections_read_through_a_memory_map(tmp_path: Path) -> Non
             await off.close()
         with pytest.raises(ValueError, match="mmap_bytes"):
             SQLiteMemoryStore(tmp_path / "bad.db", mmap_bytes=-1)
+        # The file helper itself (the outbox's, the vector cache's) maps nothing unless asked.
+        plain = _sqlite.SQLiteFile(tmp_path / "outbox.db", migrations=())
+        try:
+            assert await plain.run(mmap_size) == 0
+        finally:
+            await plain.close()
         # Reads through the map see what was just written.
         rec = make_record(user_id="u", session_id="s", text="mapped pages", created_at=T0)
         await file_store.add([rec])

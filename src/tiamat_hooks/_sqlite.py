@@ -33,11 +33,12 @@ CACHE_KIB = -65536
 """``PRAGMA cache_size`` of every connection (negative: KiB, so 64 MiB)."""
 
 MMAP_BYTES = 1 << 30
-"""Default ``PRAGMA mmap_size`` of file connections: the first GiB of the file is read through a
-memory map instead of ``read()`` calls that copy each page (SQLite caps it at its compile-time
-limit). The trade-off SQLite documents: an I/O error while reading mapped pages (a failing disk,
-a file cut short under the process) arrives as a signal that ends the process instead of as an
-error; ``mmap_bytes=0`` turns the map off."""
+"""``PRAGMA mmap_size`` the embedded memory store asks for: the first GiB of the file is read
+through a memory map instead of ``read()`` calls that copy each page (SQLite caps it at its
+compile-time limit). The trade-off SQLite documents: an I/O error while reading mapped pages (a
+failing disk, a file cut short under the process) arrives as a signal that ends the process
+instead of as an error. So :class:`SQLiteFile` maps nothing unless asked: the outbox and the
+vector cache are small and read little, and the outbox must fail as an error."""
 
 
 def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
@@ -92,7 +93,8 @@ class SQLiteFile:
         migrations: append-only SQL scripts; script ``i`` brings ``user_version`` to ``i + 1``.
         busy_timeout: seconds to wait for another process's write lock.
         name: used in the worker thread's name and in "closed" errors.
-        mmap_bytes: ``PRAGMA mmap_size`` of a file database (see :data:`MMAP_BYTES`); 0: off.
+        mmap_bytes: ``PRAGMA mmap_size`` of a file database (see :data:`MMAP_BYTES`); 0 (the
+            default): off.
     """
 
     def __init__(
@@ -102,7 +104,7 @@ class SQLiteFile:
         migrations: Sequence[str],
         busy_timeout: float = 30.0,
         name: str = "sqlite",
-        mmap_bytes: int = MMAP_BYTES,
+        mmap_bytes: int = 0,
     ) -> None:
         if isinstance(mmap_bytes, bool) or not isinstance(mmap_bytes, int) or mmap_bytes < 0:
             raise ConfigError(f"mmap_bytes must be an int >= 0, got {mmap_bytes!r}")
@@ -143,7 +145,7 @@ class SQLiteFile:
                     # fit in 2 MiB (persist throughput at 1M turns: ~17k -> ~24k turns/s).
                     # Memory is only taken as pages are used.
                     conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
-                    if self.path != ":memory:":
+                    if self.mmap_bytes and self.path != ":memory:":
                         conn.execute(f"PRAGMA mmap_size = {self.mmap_bytes}")
                     _migrate(conn, self._migrations)
                 except BaseException:
