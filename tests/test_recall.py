@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,8 @@ def test_config_validation() -> None:
         RecallConfig(budget=-1)
     with pytest.raises(ConfigError):
         RecallConfig(top_k=0)
+    with pytest.raises(ConfigError):
+        RecallConfig(answer_type_weight=-0.5)
 
 
 async def test_short_query_uses_context(store: SQLiteMemoryStore) -> None:
@@ -408,6 +411,58 @@ async def test_a_calendar_date_lifts_its_day_over_a_stronger_match(
     ]:
         result = await recaller.recall(Scope(user), message, now=now)
         assert [s.record.session_id for s in result.snippets] == [sess], message
+
+
+_UNRELATED = (
+    "Ben bakes sourdough bread.",
+    "The cat sleeps on the sofa.",
+    "We watched a film about whales.",
+    "My brother plays chess online.",
+    "The garden needs rain.",
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "answer"),
+    [
+        ("When did Anna move her studio to the harbour?", "time"),
+        ("How many paintings did Anna move to the harbour studio?", "quantity"),
+        ("Why did Anna move her studio to the harbour?", "lexical"),
+    ],
+)
+async def test_the_answer_type_a_question_asks_for_lifts_turns_holding_it(
+    store: SQLiteMemoryStore, message: str, answer: str
+) -> None:
+    """The first turn matches every question best by its words; only the others hold a time
+    or a number. A "when"/"how many" question lifts those; any other question keeps the
+    lexical order, and so does every question with the lift off."""
+    user = new_id()
+    await add_sessions(
+        store,
+        user,
+        [
+            (
+                "user",
+                None,
+                "Anna's harbour studio: moving the studio to the harbour gave her paintings the "
+                "harbour light, Anna says the studio move was right.",
+            ),
+            ("user", None, "Anna moved her studio to the harbour last spring."),
+            ("user", None, "Anna moved 12 paintings to the harbour."),
+            # Unrelated turns, so that the question's words are rare enough to score.
+            *(("user", None, text) for text in _UNRELATED),
+        ],
+    )
+    # Ranking alone decides (no preference for shorter turns in packing).
+    cfg = RecallConfig(top_k=1, session_weight=0.0, neighbor_weight=0.0, cost_exponent=0.0)
+    expected = {"time": "s1", "quantity": "s2", "lexical": "s0"}[answer]
+    lifted = await Recaller(store, config=cfg, counter=COUNTER).recall(
+        Scope(user), message, now=NOW
+    )
+    assert [s.record.session_id for s in lifted.snippets] == [expected]
+    off = dataclasses.replace(cfg, answer_type_weight=0.0)
+    plain = await Recaller(store, config=off, counter=COUNTER).recall(Scope(user), message, now=NOW)
+    assert [s.record.session_id for s in plain.snippets] == ["s0"]
 
 
 async def test_a_long_session_gets_a_date_line_per_day(store: SQLiteMemoryStore) -> None:

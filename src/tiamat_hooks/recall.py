@@ -2,8 +2,10 @@
 
 Flow (one direction): query building → store search → ranking (neighbour turns, session
 affinity; lifts for the speaker a query names, for the user's own turns when the message says
-"I/my" or the assistant's when it says "you", and for the days a phrase like "last Tuesday"
-points at, see :mod:`tiamat_hooks.dates`) → budget packing → rendering. The same
+"I/my" or the assistant's when it says "you", for the days a phrase like "last Tuesday" points
+at, see :mod:`tiamat_hooks.dates`, and for candidates holding the kind of word the question asks
+for, a time for "when" and a number for "how many", see :mod:`tiamat_hooks.cues`) → budget
+packing → rendering. The same
 :meth:`Recaller.recall` serves the input filter, the hooks, the CLI ``search`` command and
 the recall benchmark, so what is measured is what ships.
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ._render import clean_quoted, day, speaker_label
+from .cues import answer_type
 from .dates import date_windows
 from .errors import ConfigError
 from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
@@ -69,6 +72,9 @@ class RecallConfig:
             ("I", "my"), for the assistant's when it addresses "you" (neither when it does both).
         date_weight: lift for memories dated inside a window the message names relative to
             ``now`` ("yesterday", "two weeks ago", "last Tuesday", "in March").
+        answer_type_weight: lift for candidates holding a word of the type the question asks
+            for: a time when it asks "when", a number when it asks "how many/much/often/long"
+            (see :mod:`tiamat_hooks.cues`).
         exclude_future: leave out memories dated after ``now`` — for backtests that ask "what
             was known then" of a store holding later data. Off by default: clocks of different
             machines disagree, and a turn another machine just stored must not vanish because
@@ -91,6 +97,7 @@ class RecallConfig:
     speaker_weight: float = 0.5
     role_weight: float = 0.6
     date_weight: float = 1.0
+    answer_type_weight: float = 0.5
     exclude_future: bool = False
     header: str = (
         "Memory: quoted excerpts from earlier conversations with this user, oldest first. "
@@ -112,6 +119,7 @@ class RecallConfig:
             "speaker_weight",
             "role_weight",
             "date_weight",
+            "answer_type_weight",
         ):
             value = getattr(self, name)
             if (
@@ -434,7 +442,22 @@ class Recaller:
                     at = u.record.created_at
                     if any(start <= at < end for start, end in days):
                         u.score *= lift
+        if cfg.answer_type_weight > 0:
+            self._answer_type_affinity(units.values(), message)
         return sorted(units.values(), key=lambda u: -u.score)
+
+    def _answer_type_affinity(self, units: Collection[_Unit], message: str) -> None:
+        """A question asking "when" lifts the candidates that mention a time; "how many" those
+        holding a number (:func:`~tiamat_hooks.cues.answer_type`). Only the part of a long
+        record that would be injected is read."""
+        wanted = answer_type(message)
+        if wanted is None:
+            return
+        lift = 1.0 + self.config.answer_type_weight
+        for u in units:
+            text = u.record.text if u.span is None else u.record.text[u.span[0] : u.span[1]]
+            if wanted.found_in(text):
+                u.score *= lift
 
     def _role_affinity(self, units: Collection[_Unit], message: str) -> None:
         """A message about "I/my" lifts what the user said; one about "you" what the assistant said.
