@@ -1,10 +1,10 @@
-"""Answer-type cues: which questions ask for a time or a quantity, and which words answer them."""
+"""Answer-type cues: which questions ask for a time, and which words answer them."""
 
 from __future__ import annotations
 
 import pytest
 
-from tiamat_hooks.cues import QUANTITY, TIME, answer_type
+from tiamat_hooks.cues import TIME, answer_type
 
 
 @pytest.mark.parametrize(
@@ -26,32 +26,16 @@ def test_time_questions(message: str) -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        "How many dogs does Andrew have?",
-        "how much did the bike cost",
-        "How often do you go swimming?",
-        "How long was the flight?",
-    ],
-)
-def test_quantity_questions(message: str) -> None:
-    assert answer_type(message) is QUANTITY
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
         "What did you do when it rained?",  # "when" as a conjunction, not a question word
         "Where did Anna move to?",
         "Who came to the party?",
+        "How many dogs does Andrew have?",  # counted across sessions, rarely a number in a turn
         "Tell me about the trip.",
         "",
     ],
 )
 def test_other_messages_ask_for_no_type(message: str) -> None:
     assert answer_type(message) is None
-
-
-def test_a_question_asking_both_reads_as_a_time_question() -> None:
-    assert answer_type("When did you buy them, and how many?") is TIME
 
 
 @pytest.mark.parametrize(
@@ -81,17 +65,3 @@ def test_time_words(text: str) -> None:
 )
 def test_not_time_words(text: str) -> None:
     assert not TIME.found_in(text)
-
-
-@pytest.mark.parametrize(
-    "text", ["We have 3 dogs now.", "Twice a week, usually.", "I adopted two more.", "ten"]
-)
-def test_quantity_words(text: str) -> None:
-    assert QUANTITY.found_in(text)
-
-
-@pytest.mark.parametrize(
-    "text", ["We adopted another dog from the shelter.", "Someone phoned.", "often", ""]
-)
-def test_not_quantity_words(text: str) -> None:
-    assert not QUANTITY.found_in(text)

@@ -1,16 +1,15 @@
 """Answer-type cues: what kind of words the answer to a question holds.
 
 Question answering has long matched a question's expected answer type against candidate
-passages: the answer to "When did ...?" is a time, the answer to "How many ...?" a number. A
-lexical search cannot see that — "When did Anna move?" matches "Anna moved" and "Anna hates
-moving" alike, while only "Anna moved last spring" answers it. Recall lifts the candidates
-that hold a word of the expected type (:attr:`~tiamat_hooks.recall.RecallConfig.
-answer_type_weight`); it never adds candidates, so a cue can reorder what the search found but
-cannot bring in anything unrelated.
+passages: the answer to "When did ...?" is a time. A lexical search cannot see that — "When did
+Anna move?" matches "Anna moved" and "Anna hates moving" alike, while only "Anna moved last
+spring" answers it. Recall lifts the candidates that hold a word of the expected type
+(:attr:`~tiamat_hooks.recall.RecallConfig.answer_type_weight`); it never adds candidates, so a
+cue can reorder what the search found but cannot bring in anything unrelated.
 
-Only two types are read, those whose answer words can be told by their form alone: times and
-quantities. Places and people were tried the same way (capitalised words after "in"/"to", names)
-and changed nothing on the recall benchmarks, so they are not read.
+Only time is read. Quantities ("How many ...?" lifting turns with numbers), places and people
+were tried the same way and moved as many questions down as up on the recall benchmarks: the
+answer to "how many X have I tried?" is a count across sessions, rarely a number in one turn.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 
 from .dates import _MONTHS, _WEEKDAYS
 
-__all__ = ["QUANTITY", "TIME", "AnswerType", "answer_type"]
+__all__ = ["TIME", "AnswerType", "answer_type"]
 
 # "When ...?", "What year ...?", "Which day ...?", "How long ago ...?" — at the start of the
 # message or of one of its sentences ("Nice. When was that?"); "when" inside a sentence is a
@@ -30,7 +29,6 @@ _ASKS_TIME = re.compile(
     r"|how\s+long\s+ago\b)",
     re.IGNORECASE,
 )
-_ASKS_QUANTITY = re.compile(r"\bhow\s+(?:many|much|often|long)\b", re.IGNORECASE)
 
 _TIME_WORDS = frozenset(
     {
@@ -41,16 +39,8 @@ _TIME_WORDS = frozenset(
         *_MONTHS,
     }
 )  # fmt: skip
-_QUANTITY_WORDS = frozenset(
-    {
-        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-        "eleven", "twelve", "dozen", "dozens", "couple", "several", "once", "twice", "first",
-        "second", "third",
-    }
-)  # fmt: skip
 _TOKEN = re.compile(r"[a-z0-9]+")
 _YEAR = re.compile(r"\b(?:1[89]|2\d)\d\d\b")
-_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,34 +48,24 @@ class AnswerType:
     """A kind of answer and the words that hold one."""
 
     name: str
-    """``"time"`` or ``"quantity"``."""
     words: frozenset[str]
-    """Lower-case words of the type; numbers are read by their form (years for a time, any
-    digits for a quantity)."""
+    """Lower-case words of the type."""
+    numbers: re.Pattern[str] | None = None
+    """Numbers of the type, read by their form (a year, for a time)."""
 
     def found_in(self, text: str) -> bool:
         """Whether ``text`` holds a word of this type (about 10 µs for a 200-character turn:
-        recall asks this of every candidate of a "when" or "how many" question)."""
-        if (_DIGIT if self.name == "quantity" else _YEAR).search(text):
+        recall asks this of every candidate of a question of this type)."""
+        if self.numbers is not None and self.numbers.search(text):
             return True
         return not self.words.isdisjoint(_TOKEN.findall(text.lower()))
 
 
-TIME = AnswerType("time", _TIME_WORDS)
-QUANTITY = AnswerType("quantity", _QUANTITY_WORDS)
+TIME = AnswerType("time", _TIME_WORDS, _YEAR)
+"""Dates, months, weekdays and relative times ("yesterday", "last week", "in 2021")."""
 
 
 def answer_type(message: str) -> AnswerType | None:
-    """The type of answer ``message`` asks for, or ``None`` when it asks for no such type.
-
-    A time question ("When did ...?", "What year ...?") asks for :data:`TIME` (dates, months,
-    weekdays, "yesterday", "last week"); a quantity question ("How many ...?", "How often
-    ...?") for :data:`QUANTITY` (numbers and number words). A question asking both ("When ...
-    how many?") reads as a time question.
-    """
-    head = message[:2000]
-    if _ASKS_TIME.search(head):
-        return TIME
-    if _ASKS_QUANTITY.search(head):
-        return QUANTITY
-    return None
+    """The type of answer ``message`` asks for: :data:`TIME` for a time question ("When did
+    ...?", "What year ...?", "How long ago ...?"), else ``None``."""
+    return TIME if _ASKS_TIME.search(message[:2000]) else None

@@ -3,9 +3,8 @@
 Flow (one direction): query building → store search → ranking (neighbour turns, session
 affinity; lifts for the speaker a query names, for the user's own turns when the message says
 "I/my" or the assistant's when it says "you", for the days a phrase like "last Tuesday" points
-at, see :mod:`tiamat_hooks.dates`, and for candidates holding the kind of word the question asks
-for, a time for "when" and a number for "how many", see :mod:`tiamat_hooks.cues`) → budget
-packing → rendering. The same
+at, see :mod:`tiamat_hooks.dates`, and for candidates that mention a time when the question asks
+"when", see :mod:`tiamat_hooks.cues`) → budget packing → rendering. The same
 :meth:`Recaller.recall` serves the input filter, the hooks, the CLI ``search`` command and
 the recall benchmark, so what is measured is what ships.
 
@@ -73,8 +72,7 @@ class RecallConfig:
         date_weight: lift for memories dated inside a window the message names relative to
             ``now`` ("yesterday", "two weeks ago", "last Tuesday", "in March").
         answer_type_weight: lift for candidates holding a word of the type the question asks
-            for: a time when it asks "when", a number when it asks "how many/much/often/long"
-            (see :mod:`tiamat_hooks.cues`).
+            for: a time when it asks "when" (see :mod:`tiamat_hooks.cues`).
         exclude_future: leave out memories dated after ``now`` — for backtests that ask "what
             was known then" of a store holding later data. Off by default: clocks of different
             machines disagree, and a turn another machine just stored must not vanish because
@@ -447,9 +445,9 @@ class Recaller:
         return sorted(units.values(), key=lambda u: -u.score)
 
     def _answer_type_affinity(self, units: Collection[_Unit], message: str) -> None:
-        """A question asking "when" lifts the candidates that mention a time; "how many" those
-        holding a number (:func:`~tiamat_hooks.cues.answer_type`). Only the part of a long
-        record that would be injected is read."""
+        """A question asking "when" lifts the candidates that mention a time
+        (:func:`~tiamat_hooks.cues.answer_type`). Only the part of a long record that would be
+        injected is read."""
         wanted = answer_type(message)
         if wanted is None:
             return
