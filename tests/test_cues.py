@@ -16,7 +16,11 @@ from tiamat_hooks.cues import TIME, answer_type
         "Which day is the dentist appointment?",
         "How long ago did I start running?",
         "Nice photo! When was that taken?",
+        "Nice photo!\nwhen was that taken?",
         '"When did it start?"',
+        "So when did you go?",
+        "In which year did we meet?",
+        "Since when do you play chess?",
     ],
 )
 def test_time_questions(message: str) -> None:
@@ -27,6 +31,7 @@ def test_time_questions(message: str) -> None:
     "message",
     [
         "What did you do when it rained?",  # "when" as a conjunction, not a question word
+        "When Dave was a child, what did he build?",  # "when" opening a clause
         "Where did Anna move to?",
         "Who came to the party?",
         "How many dogs does Andrew have?",  # counted across sessions, rarely a number in a turn
@@ -45,8 +50,9 @@ def test_other_messages_ask_for_no_type(message: str) -> None:
         "It was on a Tuesday.",
         "Back in March 2021.",
         "YESTERDAY, finally!",
-        "Since then it's been great.",
         "the year's best day",
+        "We met in May.",
+        "May 3 was the day.",
     ],
 )
 def test_time_words(text: str) -> None:
@@ -60,6 +66,9 @@ def test_time_words(text: str) -> None:
         "Chicago was lovely.",  # "ago" inside a word
         "I scored 40 points.",  # a number, but not a year
         "Room 2024b",  # not a word of its own
+        "You may go now.",  # "may" the verb
+        "The last one, next to the door, since you asked.",
+        "I fall asleep easily.",
         "",
     ],
 )

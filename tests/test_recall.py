@@ -447,7 +447,6 @@ async def test_the_answer_type_a_question_asks_for_lifts_turns_holding_it(
                 "harbour light, Anna says the studio move was right.",
             ),
             ("user", None, "Anna moved her studio to the harbour last spring."),
-            ("user", None, "Anna moved 12 paintings to the harbour."),
             # Unrelated turns, so that the question's words are rare enough to score.
             *(("user", None, text) for text in _UNRELATED),
         ],
@@ -462,6 +461,40 @@ async def test_the_answer_type_a_question_asks_for_lifts_turns_holding_it(
     off = dataclasses.replace(cfg, answer_type_weight=0.0)
     plain = await Recaller(store, config=off, counter=COUNTER).recall(Scope(user), message, now=NOW)
     assert [s.record.session_id for s in plain.snippets] == ["s0"]
+
+
+async def test_the_time_cue_reads_only_the_part_of_a_long_turn_that_would_be_injected(
+    store: SQLiteMemoryStore,
+) -> None:
+    """The long turn's best window matches the question best but mentions no time; its last
+    window says "yesterday". Read whole, the long turn would be lifted too and stay first; read
+    by window, the short turn that mentions a time overtakes it."""
+    user = new_id()
+    places = "sea lake river pond bay harbour coast shore cliff field forest meadow"
+    filler = " ".join(f"The weather was mild and the {w} was calm." for w in places.split())
+    long_turn = (
+        "Anna moved her pottery studio to the harbour: Anna says moving the pottery studio to "
+        "the harbour, moving pottery, the harbour pottery studio, Anna moved it. "
+        f"{filler} We spoke about it yesterday."
+    )
+    await add_sessions(
+        store,
+        user,
+        [
+            ("user", None, long_turn),
+            ("user", None, "Anna moved her pottery studio last spring."),
+            *(("user", None, text) for text in _UNRELATED),
+        ],
+    )
+    cfg = RecallConfig(top_k=1, session_weight=0.0, neighbor_weight=0.0, cost_exponent=0.0)
+    assert len(long_turn) > cfg.max_snippet_chars
+    message = "When did Anna move her pottery studio to the harbour?"
+    for config, first in ((cfg, "s1"), (dataclasses.replace(cfg, answer_type_weight=0.0), "s0")):
+        result = await Recaller(store, config=config, counter=COUNTER).recall(
+            Scope(user), message, now=NOW
+        )
+        assert [s.record.session_id for s in result.snippets] == [first]
+    assert result.snippets[0].span is not None  # the long turn came as a window
 
 
 async def test_a_long_session_gets_a_date_line_per_day(store: SQLiteMemoryStore) -> None:

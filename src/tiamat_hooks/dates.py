@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["date_windows"]
+__all__ = ["MONTHS", "WEEKDAYS", "date_windows"]
 
 _NUMBERS = {
     "a": 1,
@@ -34,8 +34,8 @@ _NUMBERS = {
     "few": 3,
     "several": 3,
 }
-_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-_MONTHS = [
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = (
     "january",
     "february",
     "march",
@@ -48,7 +48,7 @@ _MONTHS = [
     "october",
     "november",
     "december",
-]
+)
 _UNIT_DAYS = {"day": 1, "week": 7, "month": 30, "year": 365}
 # Slack either side of an "N units ago" point, per unit.
 _SLACK_DAYS = {"day": 1, "week": 3, "month": 12, "year": 60}
@@ -56,12 +56,12 @@ _SLACK_DAYS = {"day": 1, "week": 3, "month": 12, "year": 60}
 _NUM = "|".join(sorted((re.escape(k) for k in _NUMBERS), key=len, reverse=True))
 _AGO = re.compile(rf"\b(\d{{1,3}}|{_NUM})\s+(day|week|month|year)s?\s+ago\b")
 _LAST_UNIT = re.compile(r"\b(?:last|past|previous)\s+(week|weekend|month|year)\b")
-_WEEKDAY = re.compile(rf"\b(?:last|on|this\s+past)\s+({'|'.join(_WEEKDAYS)})\b")
+_WEEKDAY = re.compile(rf"\b(?:last|on|this\s+past)\s+({'|'.join(WEEKDAYS)})\b")
 # "may" is also a verb, so a month name needs "in/during/since/of/last" before it.
 _MONTH = re.compile(
-    rf"\b(?:in|during|since|of|last|early|late|mid)\s+({'|'.join(_MONTHS)})(?:\s+(\d{{4}}))?\b"
+    rf"\b(?:in|during|since|of|last|early|late|mid)\s+({'|'.join(MONTHS)})(?:\s+(\d{{4}}))?\b"
 )
-_MONTH_NAMES = "|".join(_MONTHS)
+_MONTH_NAMES = "|".join(MONTHS)
 _ORD = r"(\d{1,2})(?:st|nd|rd|th)?"
 # Calendar dates: "October 13, 2023", "13 October 2023", "on the 13th of October", "2023-10-13";
 # the year is optional. Optionally shifted: "two weeks before August 11", "the day after ...".
@@ -106,7 +106,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
             span = _UNIT_DAYS[unit]
             found.append((m.start(), (today - timedelta(days=2 * span), today)))
     for m in _WEEKDAY.finditer(text):
-        back = (today.weekday() - _WEEKDAYS.index(m.group(1))) % 7 or 7
+        back = (today.weekday() - WEEKDAYS.index(m.group(1))) % 7 or 7
         start = today - timedelta(days=back)
         found.append((m.start(), (start, start + timedelta(days=1))))
     claimed: list[tuple[int, int]] = []
@@ -119,7 +119,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
             if month_s == "may" and order == "md" and not (m.group(6) or unit or "on " in m[0]):
                 continue  # "I may 2x it": the verb, not the month
             window = _calendar_day(
-                _MONTHS.index(month_s) + 1, int(day_s), m.group(6), today, n_raw, unit, direction
+                MONTHS.index(month_s) + 1, int(day_s), m.group(6), today, n_raw, unit, direction
             )
             if window is not None:
                 claimed.append((m.start(), m.end()))
@@ -127,7 +127,7 @@ def date_windows(message: str, now: datetime) -> list[tuple[datetime, datetime]]
     for m in _MONTH.finditer(text):
         if _overlaps(m, claimed):
             continue  # the month of a calendar date already read
-        month = _MONTHS.index(m.group(1)) + 1
+        month = MONTHS.index(m.group(1)) + 1
         year = int(m.group(2)) if m.group(2) else today.year
         if not m.group(2) and month > today.month:
             year -= 1  # the latest such month, not a future one
