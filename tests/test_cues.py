@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiamat_hooks.cues import TIME, answer_type
+from tiamat_hooks.cues import asks_time, mentions_time
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ from tiamat_hooks.cues import TIME, answer_type
     ],
 )
 def test_time_questions(message: str) -> None:
-    assert answer_type(message) is TIME
+    assert asks_time(message)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_time_questions(message: str) -> None:
     ],
 )
 def test_other_messages_ask_for_no_type(message: str) -> None:
-    assert answer_type(message) is None
+    assert not asks_time(message)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_other_messages_ask_for_no_type(message: str) -> None:
     ],
 )
 def test_time_words(text: str) -> None:
-    assert TIME.found_in(text)
+    assert mentions_time(text)
 
 
 @pytest.mark.parametrize(
@@ -73,4 +73,4 @@ def test_time_words(text: str) -> None:
     ],
 )
 def test_not_time_words(text: str) -> None:
-    assert not TIME.found_in(text)
+    assert not mentions_time(text)

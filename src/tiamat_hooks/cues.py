@@ -15,12 +15,10 @@ answer to "how many X have I tried?" is a count across sessions, rarely a number
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from .dates import MONTHS, WEEKDAYS
 
-__all__ = ["TIME", "AnswerType", "answer_type"]
+__all__ = ["asks_time", "mentions_time"]
 
 # A time question: "When did/was/...", "What/Which year/day/...", "How long ago", optionally
 # after a conjunction ("So when did") or a preposition ("In which year", "Since when did"), at
@@ -54,38 +52,24 @@ _MAY = re.compile(
     r"\b(?:in|of|since|during|early|late|mid|last|next|this|until|by)\s+may\b|\bmay\s+\d",
     re.IGNORECASE,
 )
-_WORD = re.compile(r"[^\W_]+")
+# Word parts, apostrophes splitting ("yesterday's" holds "yesterday"), unlike ``text.words``.
+_PARTS = re.compile(r"[^\W_]+")
 _YEAR = re.compile(r"\b(?:1[89]|2\d)\d\d\b")
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerType:
-    """A kind of answer and how to tell a text that holds one."""
-
-    words: frozenset[str]
-    """Lower-case words that are of the type wherever they stand."""
-    pattern: re.Pattern[str] | None = None
-    """Forms no word list holds (for a time: a year)."""
-    ambiguous: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
-    """Words of the type only in some company: the word, and the pattern that must match."""
-
-    def found_in(self, text: str) -> bool:
-        """Whether ``text`` holds a word of this type. Recall asks this of every candidate of
-        a question of this type, so words are tested first (one pass over the text)."""
-        found = set(_WORD.findall(text.lower()))
-        if not self.words.isdisjoint(found):
-            return True
-        if any(w in found and p.search(text) for w, p in self.ambiguous.items()):
-            return True
-        return self.pattern is not None and self.pattern.search(text) is not None
+def asks_time(message: str) -> bool:
+    """Whether ``message`` asks for a time: "When did ...?", "What year ...?", "In which month
+    ...?", "How long ago ...?". Only the first 2,000 characters are read."""
+    return _ASKS_TIME.search(message[:2000]) is not None
 
 
-TIME = AnswerType(_TIME_WORDS, _YEAR, {"may": _MAY})
-"""Weekdays, months, years and relative times ("yesterday", "two weeks ago", "last spring")."""
-
-
-def answer_type(message: str) -> AnswerType | None:
-    """The type of answer ``message`` asks for: :data:`TIME` for a time question ("When did
-    ...?", "What year ...?", "In which month ...?", "How long ago ...?"), else ``None``. Only
-    the first 2,000 characters are read."""
-    return TIME if _ASKS_TIME.search(message[:2000]) else None
+def mentions_time(text: str) -> bool:
+    """Whether ``text`` holds a time word: a weekday, a month, a year, a relative time
+    ("yesterday", "two weeks ago", "last spring"). Recall asks this of every candidate of a
+    time question, so the word list is tested first, in one pass over the text."""
+    parts = set(_PARTS.findall(text.lower()))
+    if not _TIME_WORDS.isdisjoint(parts):
+        return True
+    if "may" in parts and _MAY.search(text):
+        return True
+    return _YEAR.search(text) is not None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ._render import clean_quoted, day, speaker_label
-from .cues import answer_type
+from .cues import asks_time, mentions_time
 from .dates import date_windows
 from .errors import ConfigError
 from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
@@ -446,15 +446,14 @@ class Recaller:
 
     def _answer_type_affinity(self, units: Collection[_Unit], message: str) -> None:
         """A question asking "when" lifts the candidates that mention a time
-        (:func:`~tiamat_hooks.cues.answer_type`). Only the part of a long record that would be
+        (:func:`~tiamat_hooks.cues.asks_time`). Only the part of a long record that would be
         injected is read."""
-        wanted = answer_type(message)
-        if wanted is None:
+        if not asks_time(message):
             return
         lift = 1.0 + self.config.answer_type_weight
         for u in units:
             text = u.record.text if u.span is None else u.record.text[u.span[0] : u.span[1]]
-            if wanted.found_in(text):
+            if mentions_time(text):
                 u.score *= lift
 
     def _role_affinity(self, units: Collection[_Unit], message: str) -> None:
