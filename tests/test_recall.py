@@ -81,6 +81,73 @@ async def test_neighbour_turn_is_pulled_in(store: SQLiteMemoryStore) -> None:
     assert any("does she enjoy" in t for t in texts)  # the reply right after the hit
 
 
+class _NoReadAround:
+    """A store without the optional ``read_around``: recall reads neighbours one range each."""
+
+    def __init__(self, inner: SQLiteMemoryStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "read_around":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def seed_line(store: SQLiteMemoryStore, user: str, texts: list[str]) -> None:
+    await store.add(
+        [
+            make_record(
+                user_id=user,
+                session_id="s1",
+                role="assistant",
+                text=t,
+                created_at=T0 + timedelta(minutes=i),
+            )
+            for i, t in enumerate(texts)
+        ]
+    )
+
+
+LINE = [
+    "Weather small talk about rain.",
+    "Commute small talk about trains.",
+    # Longer than the context a turn is indexed with, so only this turn matches "greyhound".
+    "We adopted a greyhound named Pixel. " + "She sleeps most of the afternoon on the sofa. " * 7,
+    "Walks twice a day suit the household.",
+    "The vet visit went fine on Friday.",
+    "Unrelated chat about the football game.",
+]
+
+
+@pytest.mark.parametrize("without_read_around", [False, True])
+async def test_neighbours_within_radius_score_by_distance(
+    store: SQLiteMemoryStore, without_read_around: bool
+) -> None:
+    user = new_id()
+    await seed_line(store, user, LINE)
+    target: Any = _NoReadAround(store) if without_read_around else store
+    cfg = RecallConfig(session_weight=0.0, neighbor_weight=0.5)  # radius 2 is the default
+    result = await Recaller(target, config=cfg, counter=COUNTER).recall(
+        Scope(user), "greyhound", now=NOW
+    )
+    score = {s.record.text: s.score for s in result.snippets}
+    hit = score[LINE[2]]
+    # One and two turns away on both sides, at w and w**2 of the hit; three away: nothing.
+    assert score[LINE[1]] == pytest.approx(hit * 0.5)
+    assert score[LINE[3]] == pytest.approx(hit * 0.5)
+    assert score[LINE[0]] == pytest.approx(hit * 0.25)
+    assert score[LINE[4]] == pytest.approx(hit * 0.25)
+    assert LINE[5] not in score
+    one = await Recaller(
+        target, config=dataclasses.replace(cfg, neighbor_radius=1), counter=COUNTER
+    ).recall(Scope(user), "greyhound", now=NOW)
+    assert {s.record.text for s in one.snippets} == set(LINE[1:4])
+    none = await Recaller(
+        target, config=dataclasses.replace(cfg, neighbor_radius=0), counter=COUNTER
+    ).recall(Scope(user), "greyhound", now=NOW)
+    assert [s.record.text for s in none.snippets] == [LINE[2]]
+
+
 async def test_ranked_lists_what_packing_chose_from(store: SQLiteMemoryStore) -> None:
     user = new_id()
     await seed(store, user)
@@ -222,6 +289,9 @@ def test_config_validation() -> None:
         RecallConfig(top_k=0)
     with pytest.raises(ConfigError):
         RecallConfig(answer_type_weight=-0.5)
+    for radius in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="neighbor_radius"):
+            RecallConfig(neighbor_radius=radius)  # type: ignore[arg-type]
 
 
 async def test_short_query_uses_context(store: SQLiteMemoryStore) -> None:

@@ -54,7 +54,9 @@ class RecallConfig:
         top_k: most excerpts (runs of adjacent turns of one session) in the block; ``None`` lets
             the budget alone decide.
         candidates: how many search hits to consider.
-        neighbor_weight: score given to the turn before/after a hit, as a share of the hit's.
+        neighbor_weight: score given to the turn before/after a hit, as a share of the hit's;
+            a turn ``d`` places away gets ``neighbor_weight ** d`` of it.
+        neighbor_radius: how many turns on each side of a hit are pulled in (0: none).
         session_weight: how much a session's best hit lifts the other hits of that session.
         kinds: record kinds searched.
         short_query_terms: a message with fewer content words than this ("and then?", "why?")
@@ -96,6 +98,7 @@ class RecallConfig:
     role_weight: float = 0.6
     date_weight: float = 1.0
     answer_type_weight: float = 0.5
+    neighbor_radius: int = 2
     exclude_future: bool = False
     header: str = (
         "Memory: quoted excerpts from earlier conversations with this user, oldest first. "
@@ -105,7 +108,7 @@ class RecallConfig:
     def __post_init__(self) -> None:
         for name in ("budget", "candidates", "short_query_terms", "max_snippet_chars"):
             _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
-        for name in ("sibling_hits", "neighbor_hits"):
+        for name in ("sibling_hits", "neighbor_hits", "neighbor_radius"):
             _need_int(name, getattr(self, name), minimum=0)
         if self.top_k is not None:
             _need_int("top_k", self.top_k, minimum=1)
@@ -406,21 +409,28 @@ class Recaller:
                     # Sibling windows of a strong long hit: the rest of the answer is near it.
                     offer(h.record, w, score if w == best else score * cfg.sibling_weight)
 
-        # Neighbour turns of the strongest hits: answers often sit in the reply next to a hit.
+        # Neighbour turns of the strongest hits: answers often sit in the reply next to a hit, or
+        # a turn further on (the speaker adds to their reply once asked); the farther, the less.
         strong = [h for h in hits if h.record.kind == "turn" and h.record.seq is not None]
         strong = strong[: cfg.neighbor_hits]
-        if cfg.neighbor_weight > 0 and strong and self.store.capabilities.neighbors:
+        if (
+            cfg.neighbor_weight > 0
+            and cfg.neighbor_radius > 0
+            and strong
+            and self.store.capabilities.neighbors
+        ):
             around = await self._neighbours(scope, strong)
             by_pos = {(r.session_id, r.seq): r for r in around}
+            steps = [d for d in range(-cfg.neighbor_radius, cfg.neighbor_radius + 1) if d]
             for h in strong:
                 seq = h.record.seq or 0
-                for d in (-1, 1):
+                for d in steps:
                     rec = by_pos.get((h.record.session_id, seq + d))
                     if rec is None or rec.id in exclude_ids or rec.id in hit_score:
                         continue
                     if cfg.exclude_future and now is not None and rec.created_at > now:
                         continue
-                    score = hit_score[h.record.id] * cfg.neighbor_weight
+                    score = hit_score[h.record.id] * cfg.neighbor_weight ** abs(d)
                     windows = self._windows(rec)
                     if len(windows) == 1:
                         offer(rec, None, score)
@@ -494,17 +504,18 @@ class Recaller:
                 u.score *= lift
 
     async def _neighbours(self, scope: Scope, hits: list[SearchHit]) -> list[MemoryRecord]:
+        radius = self.config.neighbor_radius
         refs = [(h.record.session_id, h.record.seq or 0) for h in hits]
         read_around = getattr(self.store, "read_around", None)
         if callable(read_around):
-            found: list[MemoryRecord] = await read_around(scope, refs, radius=1)
+            found: list[MemoryRecord] = await read_around(scope, refs, radius=radius)
             return found
         reads = [
             self.store.read(
                 Scope(scope.user_id, agent_id=scope.agent_id, session_id=sid),
                 kinds=("turn",),
-                seq_from=seq - 1,
-                seq_to=seq + 1,
+                seq_from=seq - radius,
+                seq_to=seq + radius,
             )
             for sid, seq in refs
             if sid is not None
