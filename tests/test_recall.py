@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from tests.conftest import new_id
 from tiamat_hooks.errors import ConfigError
 from tiamat_hooks.models import Scope, make_record
-from tiamat_hooks.recall import RecallConfig, Recaller
+from tiamat_hooks.recall import MAX_NEIGHBOR_RADIUS, RecallConfig, Recaller
 from tiamat_hooks.stores import SQLiteMemoryStore
+from tiamat_hooks.text import CONTEXT_MAX_CHARS
 from tiamat_hooks.tokens import TokenCounter
 
 T0 = datetime(2024, 1, 10, 9, 0, tzinfo=timezone.utc)
@@ -81,16 +82,27 @@ async def test_neighbour_turn_is_pulled_in(store: SQLiteMemoryStore) -> None:
     assert any("does she enjoy" in t for t in texts)  # the reply right after the hit
 
 
-class _NoReadAround:
-    """A store without the optional ``read_around``: recall reads neighbours one range each."""
+class _Neighbourly:
+    """A store that counts neighbour reads; without ``read_around`` (the optional bulk read)
+    recall reads one range per hit with ``read``."""
 
-    def __init__(self, inner: SQLiteMemoryStore) -> None:
+    def __init__(self, inner: SQLiteMemoryStore, *, read_around: bool) -> None:
         self._inner = inner
+        self._read_around = read_around
+        self.neighbour_reads = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name == "read_around":
+        if name == "read_around" and not self._read_around:
             raise AttributeError(name)
-        return getattr(self._inner, name)
+        attr = getattr(self._inner, name)
+        if name not in ("read_around", "read"):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.neighbour_reads += 1
+            return await attr(*args, **kwargs)
+
+        return counted
 
 
 async def seed_line(store: SQLiteMemoryStore, user: str, texts: list[str]) -> None:
@@ -112,24 +124,28 @@ LINE = [
     "Weather small talk about rain.",
     "Commute small talk about trains.",
     # Longer than the context a turn is indexed with, so only this turn matches "greyhound".
-    "We adopted a greyhound named Pixel. " + "She sleeps most of the afternoon on the sofa. " * 7,
+    "We adopted a greyhound named Pixel."
+    + " She sleeps most of the afternoon on the sofa." * (CONTEXT_MAX_CHARS // 40),
     "Walks twice a day suit the household.",
     "The vet visit went fine on Friday.",
     "Unrelated chat about the football game.",
 ]
 
 
-@pytest.mark.parametrize("without_read_around", [False, True])
+@pytest.mark.parametrize("read_around", [True, False])
 async def test_neighbours_within_radius_score_by_distance(
-    store: SQLiteMemoryStore, without_read_around: bool
+    store: SQLiteMemoryStore, read_around: bool
 ) -> None:
     user = new_id()
     await seed_line(store, user, LINE)
-    target: Any = _NoReadAround(store) if without_read_around else store
+    target = _Neighbourly(store, read_around=read_around)
     cfg = RecallConfig(session_weight=0.0, neighbor_weight=0.5)  # radius 2 is the default
-    result = await Recaller(target, config=cfg, counter=COUNTER).recall(
+    result = await Recaller(target, config=cfg, counter=COUNTER).recall(  # type: ignore[arg-type]
         Scope(user), "greyhound", now=NOW
     )
+    assert [r.text for r in result.ranked].count(LINE[2]) == 1
+    assert result.ranked[0].text == LINE[2]  # the one hit; the rest came in as its neighbours
+    assert target.neighbour_reads == 1
     score = {s.record.text: s.score for s in result.snippets}
     hit = score[LINE[2]]
     # One and two turns away on both sides, at w and w**2 of the hit; three away: nothing.
@@ -139,13 +155,19 @@ async def test_neighbours_within_radius_score_by_distance(
     assert score[LINE[4]] == pytest.approx(hit * 0.25)
     assert LINE[5] not in score
     one = await Recaller(
-        target, config=dataclasses.replace(cfg, neighbor_radius=1), counter=COUNTER
+        target,  # type: ignore[arg-type]
+        config=dataclasses.replace(cfg, neighbor_radius=1),
+        counter=COUNTER,
     ).recall(Scope(user), "greyhound", now=NOW)
     assert {s.record.text for s in one.snippets} == set(LINE[1:4])
+    reads = target.neighbour_reads
     none = await Recaller(
-        target, config=dataclasses.replace(cfg, neighbor_radius=0), counter=COUNTER
+        target,  # type: ignore[arg-type]
+        config=dataclasses.replace(cfg, neighbor_radius=0),
+        counter=COUNTER,
     ).recall(Scope(user), "greyhound", now=NOW)
     assert [s.record.text for s in none.snippets] == [LINE[2]]
+    assert target.neighbour_reads == reads  # radius 0 reads no neighbours at all
 
 
 async def test_ranked_lists_what_packing_chose_from(store: SQLiteMemoryStore) -> None:
@@ -289,7 +311,7 @@ def test_config_validation() -> None:
         RecallConfig(top_k=0)
     with pytest.raises(ConfigError):
         RecallConfig(answer_type_weight=-0.5)
-    for radius in (-1, 1.5, True):
+    for radius in (-1, 1.5, True, MAX_NEIGHBOR_RADIUS + 1):
         with pytest.raises(ConfigError, match="neighbor_radius"):
             RecallConfig(neighbor_radius=radius)  # type: ignore[arg-type]
 

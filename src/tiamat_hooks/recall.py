@@ -42,7 +42,18 @@ from .tokens import TokenCounter
 _FIRST_PERSON = frozenset({"i", "me", "my", "mine", "myself", "i'm", "i've", "i'd", "i'll"})
 _SECOND_PERSON = frozenset({"you", "your", "yours", "yourself", "you're", "you've", "you'd"})
 
-__all__ = ["RecallConfig", "RecallResult", "Recaller", "Snippet", "render_block"]
+__all__ = [
+    "MAX_NEIGHBOR_RADIUS",
+    "RecallConfig",
+    "RecallResult",
+    "Recaller",
+    "Snippet",
+    "render_block",
+]
+
+
+MAX_NEIGHBOR_RADIUS = 10
+"""Largest ``RecallConfig.neighbor_radius``: each step reads two more turns per strong hit."""
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,10 @@ class RecallConfig:
         top_k: most excerpts (runs of adjacent turns of one session) in the block; ``None`` lets
             the budget alone decide.
         candidates: how many search hits to consider.
-        neighbor_weight: score given to the turn before/after a hit, as a share of the hit's;
-            a turn ``d`` places away gets ``neighbor_weight ** d`` of it.
-        neighbor_radius: how many turns on each side of a hit are pulled in (0: none).
+        neighbor_weight: score of a turn ``d`` places from a hit, as ``neighbor_weight ** d``
+            of the hit's (below 1, the farther the less).
+        neighbor_radius: how many turns on each side of a hit are pulled in, at most
+            :data:`MAX_NEIGHBOR_RADIUS` (0: none).
         session_weight: how much a session's best hit lifts the other hits of that session.
         kinds: record kinds searched.
         short_query_terms: a message with fewer content words than this ("and then?", "why?")
@@ -110,6 +122,10 @@ class RecallConfig:
             _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
         for name in ("sibling_hits", "neighbor_hits", "neighbor_radius"):
             _need_int(name, getattr(self, name), minimum=0)
+        if self.neighbor_radius > MAX_NEIGHBOR_RADIUS:
+            raise ConfigError(
+                f"neighbor_radius must be at most {MAX_NEIGHBOR_RADIUS}, got {self.neighbor_radius}"
+            )
         if self.top_k is not None:
             _need_int("top_k", self.top_k, minimum=1)
         for name in (
@@ -410,7 +426,7 @@ class Recaller:
                     offer(h.record, w, score if w == best else score * cfg.sibling_weight)
 
         # Neighbour turns of the strongest hits: answers often sit in the reply next to a hit, or
-        # a turn further on (the speaker adds to their reply once asked); the farther, the less.
+        # a turn further on (the first speaker adds what was asked for), scored by distance.
         strong = [h for h in hits if h.record.kind == "turn" and h.record.seq is not None]
         strong = strong[: cfg.neighbor_hits]
         if (
