@@ -120,12 +120,9 @@ class RecallConfig:
     def __post_init__(self) -> None:
         for name in ("budget", "candidates", "short_query_terms", "max_snippet_chars"):
             _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
-        for name in ("sibling_hits", "neighbor_hits", "neighbor_radius"):
+        for name in ("sibling_hits", "neighbor_hits"):
             _need_int(name, getattr(self, name), minimum=0)
-        if self.neighbor_radius > MAX_NEIGHBOR_RADIUS:
-            raise ConfigError(
-                f"neighbor_radius must be at most {MAX_NEIGHBOR_RADIUS}, got {self.neighbor_radius}"
-            )
+        _need_int("neighbor_radius", self.neighbor_radius, minimum=0, maximum=MAX_NEIGHBOR_RADIUS)
         if self.top_k is not None:
             _need_int("top_k", self.top_k, minimum=1)
         for name in (
@@ -160,9 +157,11 @@ class RecallConfig:
             raise ConfigError(f"exclude_future must be a bool, got {self.exclude_future!r}")
 
 
-def _need_int(name: str, value: object, *, minimum: int) -> None:
+def _need_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,16 +436,18 @@ class Recaller:
         ):
             around = await self._neighbours(scope, strong)
             by_pos = {(r.session_id, r.seq): r for r in around}
-            steps = [d for d in range(-cfg.neighbor_radius, cfg.neighbor_radius + 1) if d]
+            # (offset, share of the hit's score): the turn d places away gets weight ** |d|.
+            radius = cfg.neighbor_radius
+            steps = [(d, cfg.neighbor_weight ** abs(d)) for d in range(-radius, radius + 1) if d]
             for h in strong:
                 seq = h.record.seq or 0
-                for d in steps:
+                for d, share in steps:
                     rec = by_pos.get((h.record.session_id, seq + d))
                     if rec is None or rec.id in exclude_ids or rec.id in hit_score:
                         continue
                     if cfg.exclude_future and now is not None and rec.created_at > now:
                         continue
-                    score = hit_score[h.record.id] * cfg.neighbor_weight ** abs(d)
+                    score = hit_score[h.record.id] * share
                     windows = self._windows(rec)
                     if len(windows) == 1:
                         offer(rec, None, score)
