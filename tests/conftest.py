@@ -188,15 +188,20 @@ async def _redacting_factory(tmp_path: Path) -> MemoryStore:
 # -- dense retrieval fused with the lexical search (tiamat_hooks.embeddings) over SQLite -------
 
 
-async def _hybrid_factory(tmp_path: Path) -> MemoryStore:
-    from tiamat_hooks.embeddings import HybridStore, _missing_extra, default_embedder
-
-    missing = _missing_extra()
+def require_extra(extra: str, missing: list[str]) -> None:
+    """Skip locally when an optional extra's modules are ``missing``; fail in CI, which installs
+    every extra through ``.[dev]`` and must test them."""
     if missing:
-        reason = f"the embeddings extra is not installed ({', '.join(missing)})"
+        reason = f"the {extra} extra is not installed ({', '.join(missing)})"
         if IN_CI:
             pytest.fail(f"{reason}; CI must test it")
         pytest.skip(reason)
+
+
+async def _hybrid_factory(tmp_path: Path) -> MemoryStore:
+    from tiamat_hooks.embeddings import HybridStore, _missing_extra, default_embedder
+
+    require_extra("embeddings", _missing_extra())
     # One model per test session (default_embedder is shared); the store is fresh per case.
     return HybridStore(SQLiteMemoryStore(":memory:"), default_embedder())
 

