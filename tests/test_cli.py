@@ -193,6 +193,8 @@ def test_recall_config_from_set_pairs() -> None:
         header=" Memory: ",
     )
     assert _recall_config(["top_k=3"]) == RecallConfig(top_k=3)
+    assert _recall_config(["rerank_timeout=0.25"]) == RecallConfig(rerank_timeout=0.25)
+    assert _recall_config(["rerank_timeout=None"]) == RecallConfig(rerank_timeout=None)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -166,6 +167,27 @@ async def test_an_agreeing_reranker_changes_nothing(store: SQLiteMemoryStore) ->
     assert [s.score for s in agreed.snippets] == [s.score for s in plain.snippets]
 
 
+async def test_a_slow_reranker_is_not_waited_for(store: SQLiteMemoryStore) -> None:
+    user = new_id()
+    await seed(store, user)
+    release = threading.Event()
+
+    class Slow(Keyword):
+        def score(self, query: str, texts: Sequence[str]) -> list[float]:
+            release.wait(10)  # held until the recall has given up on it
+            return super().score(query, texts)
+
+    config = RecallConfig(rerank_timeout=0.05, rerank_weight=4.0)
+    recaller = Recaller(store, counter=COUNTER, config=config, reranker=Slow("tomatoes"))
+    try:
+        result = await recaller.recall(Scope(user), QUESTION, now=NOW)
+    finally:
+        release.set()
+    plain = await Recaller(store, counter=COUNTER).recall(Scope(user), QUESTION, now=NOW)
+    assert result.block == plain.block
+    assert recaller.rerank_failures == 1
+
+
 async def test_weight_zero_leaves_recall_as_it_was(store: SQLiteMemoryStore) -> None:
     user = new_id()
     await seed(store, user)
@@ -202,7 +224,15 @@ async def test_a_failing_reranker_keeps_recall_order(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rerank_candidates", -1), ("rerank_candidates", 2.5), ("rerank_weight", -0.1)],
+    [
+        ("rerank_candidates", -1),
+        ("rerank_candidates", 2.5),
+        ("rerank_candidates", 501),
+        ("rerank_weight", -0.1),
+        ("rerank_timeout", 0),
+        ("rerank_timeout", math.inf),
+        ("rerank_timeout", True),
+    ],
 )
 def test_rerank_settings_are_checked(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -365,7 +365,8 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
     """``--set name=value`` pairs as a :class:`RecallConfig` (None: the defaults).
 
     Values are read by the type of the field's default: numbers, ``true``/``false``, an integer
-    or ``none`` for ``top_k``, comma-separated names for ``kinds``, text as given for ``header``.
+    or ``none`` for ``top_k``, a number or ``none`` for ``rerank_timeout``, comma-separated names
+    for ``kinds``, text as given for ``header``.
     ``budget`` is refused: the bench sets it from ``--budget``.
     """
     from .recall import RecallConfig as Config
@@ -373,7 +374,8 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
     if not pairs:
         return None
     defaults = Config()
-    names = {f.name for f in dataclasses.fields(Config)} - {"budget"}
+    types = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+    names = set(types) - {"budget"}
     values: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -393,10 +395,12 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
                 if raw.lower() not in ("true", "false"):
                     raise ValueError(raw)
                 values[name] = raw.lower() == "true"
-            elif isinstance(default, int) or (default is None and raw.lower() != "none"):
-                values[name] = int(raw)
-            elif default is None:
+            elif default is None and raw.lower() == "none":
                 values[name] = None
+            elif default is None and types[name].startswith("float"):
+                values[name] = float(raw)
+            elif isinstance(default, int) or default is None:
+                values[name] = int(raw)
             elif isinstance(default, float):
                 values[name] = float(raw)
             elif isinstance(default, tuple):
@@ -404,7 +408,12 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
             else:
                 values[name] = raw
         except ValueError:
-            kind = "an integer or none" if default is None else type(default).__name__
+            if default is None:
+                kind = (
+                    "a number or none" if types[name].startswith("float") else "an integer or none"
+                )
+            else:
+                kind = type(default).__name__
             raise typer.BadParameter(
                 f"{name}: cannot read {raw!r} as {kind}", param_hint="--set"
             ) from None

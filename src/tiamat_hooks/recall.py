@@ -105,6 +105,9 @@ class RecallConfig:
         rerank_weight: weight of the reranker's order against recall's own when the two are
             fused by reciprocal rank: ``1 / (10 + rank) + rerank_weight / (10 + reranker_rank)``
             (ranks from 0). 0 leaves recall's order as it is.
+        rerank_timeout: seconds recall waits for the reranker before it goes on in its own
+            order (counted as a failure, see :class:`Recaller`); ``None`` (default) waits. The
+            reranker's thread cannot be stopped: it finishes in the background.
         exclude_future: leave out memories dated after ``now`` — for backtests that ask "what
             was known then" of a store holding later data. Off by default: clocks of different
             machines disagree, and a turn another machine just stored must not vanish because
@@ -131,6 +134,7 @@ class RecallConfig:
     neighbor_radius: int = 2
     rerank_candidates: int = 40
     rerank_weight: float = 1.0
+    rerank_timeout: float | None = None
     exclude_future: bool = False
     header: str = (
         "Memory: quoted excerpts from earlier conversations with this user, oldest first. "
@@ -148,6 +152,14 @@ class RecallConfig:
         _need_int("neighbor_radius", self.neighbor_radius, minimum=0, maximum=MAX_NEIGHBOR_RADIUS)
         if self.top_k is not None:
             _need_int("top_k", self.top_k, minimum=1)
+        timeout = self.rerank_timeout
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigError(f"rerank_timeout must be a positive number or None, got {timeout!r}")
         for name in (
             "neighbor_weight",
             "session_weight",
@@ -283,7 +295,8 @@ class Recaller:
     """Runs recall against one store. Cheap to build; safe to share between concurrent runs.
 
     ``reranker`` (optional, see :mod:`tiamat_hooks.rerank`) re-scores the best candidates
-    before packing. When it fails (raises, or returns other than one finite score per text),
+    before packing. When it fails (raises, returns other than one finite score per text, or
+    takes longer than ``RecallConfig.rerank_timeout``),
     recall keeps its own order and counts the failure in ``rerank_failures``; then
     ``on_rerank_error(exc)`` is called if given (it may raise, to make the failure an error),
     else a warning is logged. A reranker never costs the user their memory by default.
@@ -527,7 +540,9 @@ class Recaller:
             s, e = u.span if u.span is not None else (0, len(u.record.text))
             texts.append(f"{speaker_label(u.record)}: {u.record.text[s:e]}")
         try:
-            scores = [float(x) for x in await asyncio.to_thread(self.reranker.score, query, texts)]
+            scoring = asyncio.to_thread(self.reranker.score, query, texts)
+            raw = await asyncio.wait_for(scoring, cfg.rerank_timeout)
+            scores = [float(x) for x in raw]
             if len(scores) != n or not all(math.isfinite(x) for x in scores):
                 raise ValueError(f"expected {n} finite scores, got {len(scores)}")
         except Exception as exc:
