@@ -390,6 +390,8 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
                 param_hint="--set",
             )
         default = getattr(defaults, name)
+        # Fields that default to None say their type in the annotation (``float | None``).
+        optional_float = default is None and types[name].startswith("float")
         try:
             if isinstance(default, bool):
                 if raw.lower() not in ("true", "false"):
@@ -397,7 +399,7 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
                 values[name] = raw.lower() == "true"
             elif default is None and raw.lower() == "none":
                 values[name] = None
-            elif default is None and types[name].startswith("float"):
+            elif optional_float:
                 values[name] = float(raw)
             elif isinstance(default, int) or default is None:
                 values[name] = int(raw)
@@ -408,12 +410,11 @@ def _recall_config(pairs: list[str] | None) -> RecallConfig | None:
             else:
                 values[name] = raw
         except ValueError:
-            if default is None:
-                kind = (
-                    "a number or none" if types[name].startswith("float") else "an integer or none"
-                )
-            else:
-                kind = type(default).__name__
+            kind = (
+                type(default).__name__
+                if default is not None
+                else ("a number or none" if optional_float else "an integer or none")
+            )
             raise typer.BadParameter(
                 f"{name}: cannot read {raw!r} as {kind}", param_hint="--set"
             ) from None

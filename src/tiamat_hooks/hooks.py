@@ -1292,12 +1292,16 @@ class TiamatHooks(RunHooks[Any]):
         except Exception as exc:  # a model or store failure: counted, never raised into a run
             self._background_failed("facts", key, exc)
 
-    def _rerank_failed(self, exc: Exception) -> None:
-        """Recall kept its own order: counted as a ``"rerank"`` failure, raised when strict."""
-        self.stats.failures["rerank"] = self.stats.failures.get("rerank", 0) + 1
+    def _count_failure(self, operation: str, exc: BaseException) -> None:
+        """Count a failure of ``operation`` in ``stats``; re-raise it when ``strict``."""
+        self.stats.failures[operation] = self.stats.failures.get(operation, 0) + 1
         self.stats.last_error_type = type(exc).__name__
         if self.strict:
             raise exc
+
+    def _rerank_failed(self, exc: Exception) -> None:
+        """Recall kept its own order: counted as a ``"rerank"`` failure, raised when strict."""
+        self._count_failure("rerank", exc)
         if not self._rerank_warned:
             self._rerank_warned = True
             logger.warning(
@@ -1308,10 +1312,7 @@ class TiamatHooks(RunHooks[Any]):
             )
 
     def _background_failed(self, operation: str, key: tuple[str, str], exc: BaseException) -> None:
-        self.stats.failures[operation] = self.stats.failures.get(operation, 0) + 1
-        self.stats.last_error_type = type(exc).__name__
-        if self.strict:
-            raise exc  # surfaces from flush()
+        self._count_failure(operation, exc)  # when strict, surfaces from flush()
         if (operation, *key) not in self._bg_logged:
             self._bg_logged.add((operation, *key))
             logger.warning(
@@ -1473,10 +1474,7 @@ class TiamatHooks(RunHooks[Any]):
         state: _RunState | None,
         prepared: _Prepared | None,
     ) -> None:
-        self.stats.failures[operation] = self.stats.failures.get(operation, 0) + 1
-        self.stats.last_error_type = type(exc).__name__
-        if self.strict:
-            raise exc
+        self._count_failure(operation, exc)
         holder: Any = state if state is not None else prepared
         if holder is not None and not holder.error_logged:
             holder.error_logged = True

@@ -251,6 +251,11 @@ class _Unit:
     def ident(self) -> tuple[str, tuple[int, int] | None]:
         return (self.record.id, self.span)
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The character range of the record this unit stands for (all of it without a span)."""
+        return self.span if self.span is not None else (0, len(self.record.text))
+
 
 def _date(dt: datetime) -> str:
     return f"{day(dt)} {dt.astimezone(timezone.utc).strftime('%a')}"
@@ -399,8 +404,7 @@ class Recaller:
             and not (cfg.exclude_future and h.record.created_at > now)
         ]
         units = await self._rank(scope, hits, query, exclude_ids, message, now)
-        if self.reranker is not None:
-            units = await self._rerank(query, units)
+        units = await self._rerank(query, units)
         snippets = self._pack(units, budget, now, fact_lines)
         block = ""
         tokens = 0
@@ -535,10 +539,7 @@ class Recaller:
         if self.reranker is None or n < 2 or cfg.rerank_weight == 0:
             return units
         top = units[:n]
-        texts = []
-        for u in top:
-            s, e = u.span if u.span is not None else (0, len(u.record.text))
-            texts.append(f"{speaker_label(u.record)}: {u.record.text[s:e]}")
+        texts = [f"{speaker_label(u.record)}: {u.record.text[slice(*u.bounds)]}" for u in top]
         try:
             scoring = asyncio.to_thread(self.reranker.score, query, texts)
             raw = await asyncio.wait_for(scoring, cfg.rerank_timeout)
@@ -692,7 +693,7 @@ class Recaller:
         if remaining <= 0 or not units:
             return []
         for u in units:
-            s, e = u.span if u.span is not None else (0, len(u.record.text))
+            s, e = u.bounds
             # A cheap estimate ranks; cleaning and exact counts happen only for what is tried.
             u.cost = (e - s) // 4 + 6
         costs = sorted(u.cost for u in units[: max(10, len(units) // 2)])
@@ -709,7 +710,7 @@ class Recaller:
             extra = 0 if sess in sessions else session_header
             if u.cost * 0.6 + extra > remaining:  # cannot fit even if the estimate is generous
                 continue
-            s, e = u.span if u.span is not None else (0, len(u.record.text))
+            s, e = u.bounds
             u.text = clean_quoted(u.record.text[s:e])
             if not u.text:
                 continue
