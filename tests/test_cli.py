@@ -132,7 +132,14 @@ def test_bench_recall_json(tmp_path: Path, gz: bool) -> None:
     small = report["results"][0]
     assert small["recall"]["overall"] < 2 / 3
     assert small["evidence"]["not_fitted"] == 2 - round(small["recall"]["overall"] * 3)
+    # "found" counts what ranking found whether it fitted or not: q1 and q2 at both budgets,
+    # so it stays 2/3 even where the budget cut recall, and never falls below recall.
+    for r in report["results"]:
+        assert abs(r["found"]["overall"] - 2 / 3) < 1e-3
+        assert r["found"]["temporal"] == 0.5 and r["found"]["single-hop"] == 1.0
+        assert all(r["found"][k] >= r["recall"][k] for k in r["recall"])
     assert "overall" in res.output and "not fitted" in res.output
+    assert "packing's ceiling" in res.output
     # each category's figure says how many questions it rests on
     assert report["categories"] == {"single-hop": 1, "temporal": 2}
     assert "temporal (2)" in res.output

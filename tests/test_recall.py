@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import new_id
 from tiamat_hooks.errors import ConfigError
-from tiamat_hooks.models import Scope, make_record
+from tiamat_hooks.models import Scope, SearchHit, make_record
 from tiamat_hooks.recall import MAX_NEIGHBOR_RADIUS, RecallConfig, Recaller
 from tiamat_hooks.stores import SQLiteMemoryStore
 from tiamat_hooks.text import CONTEXT_MAX_CHARS
@@ -611,3 +611,64 @@ async def test_a_long_session_gets_a_date_line_per_day(store: SQLiteMemoryStore)
     assert any("visits Lisbon" in line for line in lines[first:second])
     assert any("cancelled" in line for line in lines[second:])
     assert result.tokens == COUNTER.count(result.block) <= RecallConfig().budget
+
+
+def _hit(text: str, session: str, score: float, user: str) -> SearchHit:
+    rec = make_record(user_id=user, session_id=session, role="user", text=text, created_at=T0)
+    return SearchHit(rec, score)
+
+
+_LONG_UNDER_FLOOR = (
+    "We booked the cabin by the lake for the first week of August, two bedrooms, and "
+    "Ana wants to bring her violin and the dog along for the whole trip."
+)
+_LONG_OVER_FLOOR = _LONG_UNDER_FLOOR + (
+    " The drive is six hours, so we will stop in Coimbra for lunch, and on the way back we "
+    "plan a night in Porto. Ana asked whether the cabin has a piano; it does not, but the "
+    "owner said there is a music shop in the village that rents instruments by the week."
+)
+
+
+@pytest.mark.parametrize(
+    ("long_text", "floor", "exponent", "first"),
+    [
+        # Both under the floor: charged alike, so the better score goes first.
+        (_LONG_UNDER_FLOOR, 64, 0.5, "long"),
+        # Without a floor the short turn's few tokens outweigh its lower score.
+        (_LONG_UNDER_FLOOR, 0, 0.5, "short"),
+        # With packing by score alone the floor changes nothing.
+        (_LONG_UNDER_FLOOR, 0, 0.0, "long"),
+        # Above the floor a unit is charged what it costs.
+        (_LONG_OVER_FLOOR, 64, 0.5, "short"),
+        (_LONG_OVER_FLOOR, 64, 0.0, "long"),
+    ],
+)
+async def test_packing_charges_short_turns_at_least_the_cost_floor(
+    store: SQLiteMemoryStore, long_text: str, floor: int, exponent: float, first: str
+) -> None:
+    """Budget-aware packing ranks by ``score / max(cost, cost_floor) ** exponent`` (cost: about
+    a token per four characters): a turn of a few tokens ("Thanks, see you!") earns no
+    priority for being short, a long one still pays for its length."""
+    assert len(_LONG_UNDER_FLOOR) // 4 < 64 < len(_LONG_OVER_FLOOR) // 4
+    user = new_id()
+    short = _hit("Thanks, see you on Monday!", "s-short", 0.9, user)
+    long = _hit(long_text, "s-long", 1.0, user)
+    # One excerpt only: the first unit packing chooses is the one injected.
+    cfg = RecallConfig(
+        top_k=1,
+        session_weight=0.0,
+        neighbor_radius=0,
+        cost_floor=floor,
+        cost_exponent=exponent,
+    )
+    result = await Recaller(store, config=cfg, counter=COUNTER).recall(
+        Scope(user), "cabin trip", now=NOW, hits=[long, short]
+    )
+    assert [s.record.session_id for s in result.snippets] == [f"s-{first}"]
+
+
+def test_cost_floor_is_validated() -> None:
+    assert RecallConfig(cost_floor=0).cost_floor == 0
+    for bad in (-1, 1.5, True, "64"):
+        with pytest.raises(ConfigError, match="cost_floor"):
+            RecallConfig(cost_floor=bad)  # type: ignore[arg-type]

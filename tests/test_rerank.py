@@ -417,7 +417,7 @@ def test_cross_encoder_refuses_an_unexpected_model_file(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match="not the expected") as first:
         reranker.score(QUESTION, TURNS)
     # Kept: the next call raises the same error without reading 34 MB again.
-    monkeypatch.setattr(rerank, "_checked", lambda *a: pytest.fail("read the files again"))
+    monkeypatch.setattr(rerank, "checked_bytes", lambda *a: pytest.fail("read the files again"))
     with pytest.raises(ConfigError) as second:
         reranker.score(QUESTION, TURNS)
     assert second.value is first.value

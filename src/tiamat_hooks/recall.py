@@ -86,7 +86,12 @@ class RecallConfig:
         short_query_terms: a message with fewer content words than this ("and then?", "why?")
             is extended with the recent conversation context; 2 keeps "Where has Anna camped?"
             on its own.
-        cost_exponent: budget-aware packing — priority is ``score * (typical/cost) ** exponent``.
+        cost_exponent: budget-aware packing — priority is
+            ``score / max(cost, cost_floor) ** exponent`` (cost: the unit's estimated tokens).
+        cost_floor: the fewest tokens packing charges a unit when it ranks by score per token.
+            A turn shorter than this ("Thanks, see you!") earns no extra priority for being
+            short: it still pays for its line, and short turns rarely hold what was asked.
+            Longer units (a long reply, a 600-character window) are charged what they cost.
         max_snippet_chars: longer records are injected as sentence windows of about this size.
         sibling_weight: score of the other windows of a long hit, as a share of the best one's.
         sibling_hits: only the first this many hits are split into windows by recall.
@@ -122,7 +127,8 @@ class RecallConfig:
     session_weight: float = 0.5
     kinds: tuple[RecordKind, ...] = ("turn", "summary")
     short_query_terms: int = 2
-    cost_exponent: float = 0.35
+    cost_exponent: float = 0.5
+    cost_floor: int = 64
     max_snippet_chars: int = 600
     sibling_weight: float = 0.5
     sibling_hits: int = 120
@@ -144,7 +150,7 @@ class RecallConfig:
     def __post_init__(self) -> None:
         for name in ("budget", "candidates", "short_query_terms", "max_snippet_chars"):
             _need_int(name, getattr(self, name), minimum=0 if name == "budget" else 1)
-        for name in ("sibling_hits", "neighbor_hits"):
+        for name in ("sibling_hits", "neighbor_hits", "cost_floor"):
             _need_int(name, getattr(self, name), minimum=0)
         _need_int(
             "rerank_candidates", self.rerank_candidates, minimum=0, maximum=MAX_RERANK_CANDIDATES
@@ -696,11 +702,10 @@ class Recaller:
             s, e = u.bounds
             # A cheap estimate ranks; cleaning and exact counts happen only for what is tried.
             u.cost = (e - s) // 4 + 6
-        costs = sorted(u.cost for u in units[: max(10, len(units) // 2)])
-        typical = costs[len(costs) // 2] if costs else 1
+        floor = max(cfg.cost_floor, 1)
 
         def priority(u: _Unit) -> float:
-            return u.score * math.pow(typical / max(u.cost, 1), cfg.cost_exponent)
+            return u.score / math.pow(max(u.cost, floor), cfg.cost_exponent)
 
         chosen: list[_Unit] = []
         sessions: set[tuple[str | None, str | None, str]] = set()

