@@ -637,7 +637,7 @@ _LONG_OVER_FLOOR = _LONG_UNDER_FLOOR + (
         # Without a floor the short turn's few tokens outweigh its lower score.
         (_LONG_UNDER_FLOOR, 0, 0.5, "short"),
         # With packing by score alone the floor changes nothing.
-        (_LONG_UNDER_FLOOR, 0, 0.0, "long"),
+        (_LONG_UNDER_FLOOR, 64, 0.0, "long"),
         # Above the floor a unit is charged what it costs.
         (_LONG_OVER_FLOOR, 64, 0.5, "short"),
         (_LONG_OVER_FLOOR, 64, 0.0, "long"),
@@ -649,7 +649,8 @@ async def test_packing_charges_short_turns_at_least_the_cost_floor(
     """Budget-aware packing ranks by ``score / max(cost, cost_floor) ** exponent`` (cost: about
     a token per four characters): a turn of a few tokens ("Thanks, see you!") earns no
     priority for being short, a long one still pays for its length."""
-    assert len(_LONG_UNDER_FLOOR) // 4 < 64 < len(_LONG_OVER_FLOOR) // 4
+    # Packing's cost estimate: a token per four characters and six for the line.
+    assert len(_LONG_UNDER_FLOOR) // 4 + 6 < 64 < len(_LONG_OVER_FLOOR) // 4 + 6
     user = new_id()
     short = _hit("Thanks, see you on Monday!", "s-short", 0.9, user)
     long = _hit(long_text, "s-long", 1.0, user)

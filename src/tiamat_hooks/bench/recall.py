@@ -140,9 +140,9 @@ class BudgetResult:
     ``not_found`` and ``not_fitted`` (see :func:`score_evidence`)."""
     found: dict[str, float] = field(default_factory=dict)
     """Like ``recall``, but counting every evidence turn ranking found (recalled or not
-    fitted): what a packer that always chose the evidence among the ranked candidates would
-    reach. The distance from ``recall`` is ranking's and packing's to make up; the rest needs
-    retrieval to find more."""
+    fitted): the same at every budget, since ranking does not depend on it, and an upper bound
+    for packing (found evidence may still not fit a small budget). The distance from ``recall``
+    is ranking's and packing's to make up; the rest needs retrieval to find more."""
 
     def as_json(self) -> dict[str, Any]:
         return {
