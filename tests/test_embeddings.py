@@ -34,8 +34,7 @@ def _need_extra() -> None:
 def _need_bge() -> None:
     from tiamat_hooks.embeddings import BgeSmallEmbedder
 
-    required = BgeSmallEmbedder._required
-    require_extra("bge", [m for m in required if importlib.util.find_spec(m) is None])
+    require_extra("bge", BgeSmallEmbedder._missing())
 
 
 _BGE: list[Any] = []

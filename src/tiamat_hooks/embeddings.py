@@ -85,7 +85,7 @@ _MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a
 
 
 def _missing_extra() -> list[str]:
-    return [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
+    return MiniLMEmbedder._missing()
 
 
 @runtime_checkable
@@ -126,7 +126,7 @@ class _OnnxEmbedder:
             raise ConfigError(f"max_tokens must be an integer >= 8, got {max_tokens!r}")
         if max_tokens > 512:
             raise ConfigError("max_tokens must be at most 512 (the model's position limit)")
-        missing = [name for name in self._required if importlib.util.find_spec(name) is None]
+        missing = self._missing()
         if missing:
             raise ConfigError(
                 f"dense retrieval with {type(self).__name__} needs the '{self._extra}' extra "
@@ -141,6 +141,11 @@ class _OnnxEmbedder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_tokens={self.max_tokens})"
+
+    @classmethod
+    def _missing(cls) -> list[str]:
+        """The packages of this embedder's extra that are not installed."""
+        return [name for name in cls._required if importlib.util.find_spec(name) is None]
 
     def _open(self) -> tuple[Any, Any]:
         raise NotImplementedError

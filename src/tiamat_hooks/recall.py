@@ -703,10 +703,10 @@ class Recaller:
             s, e = u.bounds
             # A cheap estimate ranks; cleaning and exact counts happen only for what is tried.
             u.cost = (e - s) // 4 + 6
-        floor = max(cfg.cost_floor, 1)
 
         def priority(u: _Unit) -> float:
-            return u.score / math.pow(max(u.cost, floor), cfg.cost_exponent)
+            # u.cost is at least 6 (the line), so the base is never 0.
+            return u.score / math.pow(max(u.cost, cfg.cost_floor), cfg.cost_exponent)
 
         chosen: list[_Unit] = []
         sessions: set[tuple[str | None, str | None, str]] = set()
